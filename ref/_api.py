@@ -1,0 +1,330 @@
+"""The public, module-level API of distref: Julia's exported functions.
+
+Every function here acts for the *current* process (see ``_context``): on
+the master inside ``open_cluster()``, on a worker inside a call it runs.
+Calls that may talk to another process are ``async``; queries of the local
+process table are plain functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import string
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from spec.api import RRID, LaunchError, RmprocsTimeoutError
+
+from ._config import worker_timeout
+from ._context import current_process, reset_current, set_current
+from ._local import LocalLauncher
+from ._process import Process
+from ._refs import Future
+from ._seams import Launcher, TcpTransport, Transport
+from .protocol.codec import Codec
+
+log = logging.getLogger("ref")
+
+#: Keywords ``addprocs`` accepts in this release.
+ADDPROCS_KEYWORDS: frozenset[str] = frozenset()
+
+#: How long closing a cluster waits for workers to exit before killing them.
+CLOSE_GRACE = 5.0
+
+
+def random_cookie() -> str:
+    """A fresh 16-character alphanumeric cluster cookie."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(16))
+
+
+@dataclass
+class Cluster:
+    """What ``open_cluster`` yields: the master process and its launcher."""
+
+    master: Process
+    launcher: Launcher
+
+
+@asynccontextmanager
+async def open_cluster(
+    *,
+    launcher: Launcher | None = None,
+    transport: Transport | None = None,
+    cookie: str | None = None,
+    codec: Codec | None = None,
+    timeout: float | None = None,
+) -> AsyncIterator[Cluster]:
+    """Become the master (pid 1) of a new cluster for the block's duration.
+
+    On exit, normal or by an exception, every worker is asked to exit, given
+    a few seconds, then killed; no worker process outlives the block.
+    """
+    master = Process(
+        myid=1,
+        cookie=cookie or random_cookie(),
+        transport=transport or TcpTransport(),
+        worker_timeout=worker_timeout() if timeout is None else timeout,
+        codec=codec,
+    )
+    cluster = Cluster(master, launcher or LocalLauncher())
+    master.launcher = cluster.launcher
+    token = set_current(master)
+    try:
+        async with trio.open_nursery() as nursery:
+            master.start(nursery)
+            try:
+                yield cluster
+            finally:
+                await _shutdown(master)
+                nursery.cancel_scope.cancel()
+    finally:
+        reset_current(token)
+
+
+async def _shutdown(master: Process) -> None:
+    """Stop every worker: ask, wait a little, then kill and reap."""
+    with trio.CancelScope(shield=True):
+        pids = [p for p in master.group.procs() if p != 1]
+        with trio.move_on_after(CLOSE_GRACE):
+            await master.remove_workers(pids)
+            for pid in pids:
+                await master.departed(pid).wait()
+        for link in list(master.links.values()):
+            await link.aclose()
+        for handle in master.all_handles:
+            await handle.stop(CLOSE_GRACE)
+        master.stop(0)
+
+
+# ------------------------------------------------------------------ queries
+
+
+def myid() -> int:
+    """The pid of the calling process (1 on the master)."""
+    return current_process().myid
+
+
+def nprocs() -> int:
+    """How many processes the caller can see, itself included."""
+    return current_process().group.nprocs()
+
+
+def nworkers() -> int:
+    """How many workers; 1 when there are none (the master works then)."""
+    return current_process().group.nworkers()
+
+
+def procs(pid: int | None = None) -> list[int]:
+    """All pids; or, given ``pid``, the pids on the same host as ``pid``."""
+    proc = current_process()
+    if pid is None:
+        return proc.group.procs()
+    return _same_host(proc, pid)
+
+
+def _same_host(proc: Process, pid: int) -> list[int]:
+    if pid == 1 or pid in proc.local_pids:
+        return sorted({1, *(p for p in proc.local_pids if proc.known_pid(p))})
+    host = proc.lookup(pid).host
+    return [p for p in proc.group.procs() if p != 1 and proc.lookup(p).host == host]
+
+
+def workers() -> list[int]:
+    """Every worker pid; ``[1]`` when there are no workers."""
+    return current_process().group.workers()
+
+
+# ------------------------------------------------------------ membership
+
+
+async def addprocs(n: int, **params: Any) -> list[int]:
+    """Start ``n`` workers and return their new pids, sorted.
+
+    Only process 1 may add workers.  Workers that started stay in the
+    cluster even when others failed; the failures are then raised as a
+    ``LaunchError`` after the successful ones joined.
+    """
+    proc = current_process()
+    proc.require_master("addprocs")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"addprocs: n={n!r} must be a non-negative int")
+    unknown = sorted(set(params) - ADDPROCS_KEYWORDS)
+    if unknown:
+        raise TypeError(f"addprocs: invalid keyword argument {unknown[0]!r}")
+
+    launcher = proc.launcher
+    if launcher is None:
+        raise RuntimeError("addprocs: this cluster has no launcher")
+    async with proc.membership_lock:
+        launched, failures = await launcher.launch(
+            n,
+            cookie=proc.cookie,
+            timeout=proc.worker_timeout,
+            params=params,
+            nursery=proc.nursery_or_fail(),
+        )
+        pids: list[int] = []
+        errors: list[BaseException] = list(failures)
+
+        async def setup(worker: Any) -> None:
+            try:
+                pids.append(await proc.setup_worker(worker))
+            except LaunchError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for worker in launched:
+                nursery.start_soon(setup, worker)
+        if pids:
+            await proc.announce_peers()
+
+    if errors:
+        first = errors[0]
+        raise LaunchError(
+            f"{len(errors)} of {n} workers failed to start "
+            f"(started: {sorted(pids)}): {first}"
+        ) from first
+    return sorted(pids)
+
+
+class Removal:
+    """What ``rmprocs`` returns: await ``wait()`` for the removal to finish."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._finished = trio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    async def wait(self) -> None:
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _run(self, proc: Process, waitfor: float) -> None:
+        try:
+            async with proc.membership_lock:
+                await proc.remove_workers(self.pids)
+                with trio.move_on_after(waitfor):
+                    for pid in self.pids:
+                        await proc.departed(pid).wait()
+            left = [p for p in self.pids if not proc.departed(p).is_set()]
+            if left:
+                self._error = RmprocsTimeoutError(left, waitfor)
+        finally:
+            self._finished.set()
+
+
+def _flatten(pids: Iterable[int | Iterable[int]]) -> list[int]:
+    flat: list[int] = []
+    for item in pids:
+        if isinstance(item, int):
+            flat.append(item)
+        else:
+            flat.extend(item)
+    return flat
+
+
+async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Removal:
+    """Remove workers: ask each to exit and wait up to ``waitfor`` seconds.
+
+    Pid 1 is never removed (a warning is logged); unknown pids are ignored.
+    With ``waitfor=0`` the removal runs in the background and the returned
+    ``Removal`` can be awaited later; otherwise ``RmprocsTimeoutError``
+    names the pids still present after ``waitfor`` seconds.
+    """
+    proc = current_process()
+    proc.require_master("rmprocs")
+    if waitfor < 0 or math.isnan(waitfor):
+        raise ValueError(f"rmprocs: waitfor={waitfor!r} must be >= 0")
+
+    targets: list[int] = []
+    for pid in _flatten(pids):
+        if pid == 1:
+            log.warning("rmprocs: process 1 not removed")
+        elif proc.known_pid(pid) and pid not in targets:
+            targets.append(pid)
+
+    removal = Removal(targets)
+    if waitfor == 0:
+        proc.spawn(removal._run, proc, math.inf)
+        await trio.lowlevel.checkpoint()
+        return removal
+    await removal._run(proc, waitfor)
+    await removal.wait()
+    return removal
+
+
+# ------------------------------------------------------------ remote calls
+
+
+async def remotecall(
+    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+) -> Future:
+    """Start ``f(*args, **kwargs)`` on ``pid``; returns a Future at once."""
+    return await current_process().remotecall(f, pid, args, kwargs)
+
+
+async def remotecall_fetch(
+    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+) -> Any:
+    """Run ``f`` on ``pid`` and return its value; its error raises here."""
+    return await current_process().remotecall_fetch(f, pid, args, kwargs)
+
+
+async def remotecall_wait(
+    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+) -> Future:
+    """Run ``f`` on ``pid``, wait until it finished, return its Future."""
+    return await current_process().remotecall_wait(f, pid, args, kwargs)
+
+
+async def remote_do(
+    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+) -> None:
+    """Run ``f`` on ``pid`` for its effect; errors are logged there."""
+    await current_process().remote_do(f, pid, args, kwargs)
+
+
+# ------------------------------------------------------------ references
+
+
+def _as_future(ref: object, call: str) -> Future:
+    if not isinstance(ref, Future):
+        raise TypeError(f"{call}: expected a Future, got {type(ref).__name__}")
+    return ref
+
+
+async def fetch(ref: Any) -> Any:
+    """The value of a Future (waiting for it); cached after the first fetch."""
+    return await current_process().fetch_future(_as_future(ref, "fetch"))
+
+
+async def wait(ref: Any) -> Any:
+    """Wait until the Future has a value; raises its RemoteException."""
+    return await current_process().wait_future(_as_future(ref, "wait"))
+
+
+async def isready(ref: Any) -> bool:
+    """Whether the Future has a value (asks its owner if not cached)."""
+    return await current_process().isready_future(_as_future(ref, "isready"))
+
+
+async def put(ref: Any, value: Any) -> Any:
+    """Set a Future's value; a second put raises FutureAlreadySetError."""
+    return await current_process().put_future(_as_future(ref, "put"), value)
+
+
+def remoteref_id(ref: Future) -> RRID:
+    """The RRID identifying a remote reference."""
+    return ref.rrid

@@ -1,0 +1,937 @@
+"""One distref process, master or worker: the runtime's trio shell.
+
+A ``Process`` owns the links to its peers and runs what arrives on them.
+It drives the sans-I/O core (``protocol``): ``WireConnection`` for each
+link's handshake and framing, ``ProcessGroup`` for the process table,
+``RefTable`` for the values it owns.  It reaches the world only through
+its seams, a ``Transport`` for streams and a ``Launcher`` for workers, so the
+simulator runs this very class over simulated links.
+
+Theory of operation, after Julia's ``process_messages.jl``:
+
+* every link has one reader task that decodes frames in order and hands
+  each message to ``_handle``, which never blocks: calls run in new tasks,
+  results fill slots;
+* a call that waits for an answer (``remotecall_fetch``, ``remotecall_wait``)
+  parks on a temporary ``Slot`` registered with the pid it waits for; when
+  that pid's link is lost, every such slot fails with
+  ``ProcessExitedException``, so nothing waits forever;
+* connections between workers are lazy: the higher pid always dials the
+  lower one, and a lower pid that needs a higher one asks the master to ask
+  it to dial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from spec.api import (
+    COOKIE_LENGTH,
+    RRID,
+    DistributedError,
+    FutureAlreadySetError,
+    LaunchError,
+    NoSuchProcessError,
+    NotMasterError,
+    ProcessExitedException,
+    RemoteException,
+)
+
+from ._context import reset_current, set_current
+from ._refs import MISSING, Future, Slot, sending_to
+from ._seams import LaunchedWorker, Launcher, Transport, WorkerHandle
+from .protocol.codec import CloudpickleCodec, Codec
+from .protocol.group import MASTER, Peer, PeerState, ProcessGroup
+from .protocol.messages import (
+    CallMsg,
+    CallWaitMsg,
+    ClientsMsg,
+    DeregisterMsg,
+    ExitMsg,
+    Header,
+    IdentifySocketAckMsg,
+    IdentifySocketMsg,
+    JoinCompleteMsg,
+    JoinPGRPMsg,
+    Message,
+    RemoteDoMsg,
+    ResultMsg,
+    SetPeersMsg,
+)
+from .protocol.refs import RefTable
+from .protocol.wire import (
+    NEED_DATA,
+    Authenticated,
+    Closed,
+    ProtocolError,
+    Received,
+    Role,
+    Undecodable,
+    WireConnection,
+)
+
+log = logging.getLogger("ref")
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class Link:
+    """One authenticated stream to a peer process, with ordered sends."""
+
+    def __init__(
+        self, proc: Process, peer: int, stream: trio.abc.Stream, wire: WireConnection
+    ) -> None:
+        self.proc = proc
+        self.peer = peer
+        self.stream = stream
+        self.wire = wire
+        self._lock = trio.Lock()
+        self.closed = False
+
+    async def send(self, header: Header, message: Message) -> None:
+        """Encode and write one message; a broken link is ProcessExited.
+
+        Encoding happens under the lock so that reference-count notices
+        queued while pickling are ordered with the message itself.
+        """
+        if self.closed:
+            raise ProcessExitedException(self.peer)
+        async with self._lock:
+            token = sending_to.set(self.peer)
+            try:
+                data = self.wire.send(header, message)
+            finally:
+                sending_to.reset(token)
+            try:
+                await self.stream.send_all(data)
+            except _STREAM_ERRORS:
+                self.wire.send_failed()
+                raise ProcessExitedException(self.peer) from None
+            except trio.Cancelled:
+                # A partial write leaves the stream mid-frame: unusable.
+                self.wire.send_failed()
+                self.closed = True
+                raise
+        self.proc.after_send(self.peer)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class Process:
+    """The runtime state and tasks of one process in a cluster."""
+
+    def __init__(
+        self,
+        *,
+        myid: int,
+        cookie: str,
+        transport: Transport,
+        worker_timeout: float,
+        codec: Codec | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if len(cookie.encode("ascii")) != COOKIE_LENGTH:
+            raise ValueError(f"cookie must be {COOKIE_LENGTH} ASCII characters")
+        self.group = ProcessGroup(myid=myid)
+        self.cookie = cookie
+        self.transport = transport
+        self.worker_timeout = worker_timeout
+        self.codec: Codec = codec or CloudpickleCodec()
+        self.host = host
+        self.refs: RefTable[Slot] = RefTable()
+        self.links: dict[int, Link] = {}
+        self.handles: dict[int, WorkerHandle] = {}
+        self.local_pids: set[int] = set()
+        self.exit_code = 0
+        self.nursery: trio.Nursery | None = None
+        self.launcher: Launcher | None = None
+        self.stopped = trio.Event()
+        self._waiting: dict[RRID, tuple[Slot, int]] = {}
+        self._local_refs: weakref.WeakValueDictionary[RRID, Future] = (
+            weakref.WeakValueDictionary()
+        )
+        self._link_ready: dict[int, trio.Event] = {}
+        self._joined: dict[int, trio.Event] = {}
+        self._client_notices: dict[int, list[tuple[bool, RRID, int]]] = {}
+        self._notices_pending = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.membership_lock = trio.Lock()
+        self.joined_master = trio.Event()
+        self.all_handles: list[WorkerHandle] = []
+        self._departures: dict[int, trio.Event] = {}
+
+    # ----------------------------------------------------------------- setup
+
+    @property
+    def myid(self) -> int:
+        return self.group.myid
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Attach to the nursery that will run this process's tasks."""
+        self.nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
+        self.spawn(self._flush_notices_forever)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of this process (``myid()`` is ours)."""
+        assert self.nursery is not None, "Process.start() was not called"
+        self.nursery.start_soon(self._in_context, fn, *args)
+
+    async def _in_context(self, fn: Callable[..., Any], *args: Any) -> None:
+        token = set_current(self)
+        try:
+            await fn(*args)
+        finally:
+            reset_current(token)
+
+    def stop(self, code: int) -> None:
+        """End this process: its tasks are cancelled by whoever runs it."""
+        if not self.stopped.is_set():
+            self.exit_code = code
+            self.stopped.set()
+
+    # ----------------------------------------------------------- connections
+
+    def _new_wire(self, role: Role) -> WireConnection:
+        return WireConnection(role, self.cookie.encode("ascii"), self.codec)
+
+    async def open_link(self, pid: int, host: str, port: int) -> Link:
+        """Dial ``pid`` at ``host:port``, send the cookie, start reading."""
+        try:
+            stream = await self.transport.connect(host, port)
+        except OSError as exc:
+            raise ProcessExitedException(pid) from exc
+        wire = self._new_wire(Role.INITIATOR)
+        try:
+            await stream.send_all(wire.hello())
+        except _STREAM_ERRORS:
+            await stream.aclose()
+            raise ProcessExitedException(pid) from None
+        return self._register_link(pid, stream, wire)
+
+    def _register_link(
+        self, pid: int, stream: trio.abc.Stream, wire: WireConnection
+    ) -> Link:
+        link = Link(self, pid, stream, wire)
+        self.links[pid] = link
+        peer = self.group.peer(pid)
+        if peer.state is PeerState.CREATED and not self.group.is_master:
+            peer.state = PeerState.CONNECTED
+        self._link_ready.setdefault(pid, trio.Event()).set()
+        self.spawn(self._read_loop, link)
+        return link
+
+    async def accept(self, stream: trio.abc.Stream) -> None:
+        """Serve one incoming stream: authenticate, identify, then read."""
+        wire = self._new_wire(Role.ACCEPTOR)
+        first: Received | None = None
+        try:
+            with trio.fail_after(self.worker_timeout):
+                first = await self._handshake(stream, wire)
+        except (ProtocolError, trio.TooSlowError, *_STREAM_ERRORS) as exc:
+            log.warning(
+                "Process(%d) - unknown remote, closing connection: %s", self.myid, exc
+            )
+        if first is None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+
+        msg = first.message
+        if isinstance(msg, JoinPGRPMsg) and self.myid == 0:
+            self._join(msg)
+            link = Link(self, MASTER, stream, wire)
+            self.links[MASTER] = link
+            self._handle(link, first.header, msg)
+            await self._read_loop(link)
+        elif isinstance(msg, IdentifySocketMsg) and self.myid > 0:
+            peer = self.group.add_peer(Peer(msg.from_pid, "", 0))
+            peer.state = PeerState.CONNECTED
+            link = Link(self, msg.from_pid, stream, wire)
+            self.links[msg.from_pid] = link
+            self._link_ready.setdefault(msg.from_pid, trio.Event()).set()
+            await link.send(Header(), IdentifySocketAckMsg())
+            await self._read_loop(link)
+        else:
+            log.warning(
+                "Process(%d) - unexpected first message %s, closing connection",
+                self.myid,
+                type(msg).__name__,
+            )
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, wire: WireConnection
+    ) -> Received | None:
+        """Read until the cookie checked out and the first message arrived."""
+        while True:
+            event = wire.next_event()
+            if event is NEED_DATA:
+                wire.receive_data(await stream.receive_some())
+            elif isinstance(event, Authenticated):
+                await stream.send_all(event.reply)
+            elif isinstance(event, Received):
+                return event
+            else:
+                return None
+
+    async def _read_loop(self, link: Link) -> None:
+        """Decode this link's frames in order until it closes or breaks."""
+        try:
+            while True:
+                event = link.wire.next_event()
+                if event is NEED_DATA:
+                    link.wire.receive_data(await link.stream.receive_some())
+                elif isinstance(event, Received):
+                    self._handle(link, event.header, event.message)
+                elif isinstance(event, Undecodable):
+                    self._report_undecodable(link, event.header, event.error)
+                elif isinstance(event, Closed):
+                    return
+                elif isinstance(event, Authenticated):
+                    continue
+        except (ProtocolError, *_STREAM_ERRORS) as exc:
+            if not link.closed:
+                log.debug(
+                    "Process(%d) - link to %d lost: %s", self.myid, link.peer, exc
+                )
+        finally:
+            self._link_lost(link)
+            await link.aclose()
+
+    def _link_lost(self, link: Link) -> None:
+        """A peer's link ended: fail what waited on it, forget the peer."""
+        pid = link.peer
+        if self.links.get(pid) is not link:
+            return
+        del self.links[pid]
+        link.closed = True
+
+        peer = self.group.remove(pid)
+        error = ProcessExitedException(pid)
+        for slot, waited in list(self._waiting.values()):
+            if waited == pid:
+                slot.fail(error)
+        self.refs.remove_pid(pid)
+        self._client_notices.pop(pid, None)
+        self._link_ready.pop(pid, None)
+        joined = self._joined.pop(pid, None)
+        if joined is not None:
+            joined.set()
+        self.departed(pid).set()
+
+        if pid == MASTER and not self.group.is_master:
+            self.stop(0 if self.stopped.is_set() else 1)
+            return
+        if self.group.is_master:
+            if peer is not None and peer.state is not PeerState.TERMINATING:
+                log.warning("Worker %d terminated.", pid)
+            self._forget_worker(pid)
+
+    def _forget_worker(self, pid: int) -> None:
+        """Master side of a departure: reap the process, tell the others."""
+        handle = self.handles.pop(pid, None)
+        if handle is not None:
+            self.spawn(handle.stop, 5.0)
+        for other in list(self.links.values()):
+            self.spawn(self._send_quietly, other, Header(), DeregisterMsg(pid))
+
+    async def _send_quietly(self, link: Link, header: Header, msg: Message) -> None:
+        with contextlib.suppress(ProcessExitedException):
+            await link.send(header, msg)
+
+    def departed(self, pid: int) -> trio.Event:
+        """An event set once ``pid`` has left the cluster."""
+        event = self._departures.get(pid)
+        if event is None:
+            event = self._departures[pid] = trio.Event()
+            if self.group.has_left(pid):
+                event.set()
+        return event
+
+    async def link_to(self, pid: int) -> Link:
+        """The link to ``pid``, connecting lazily if needed."""
+        link = self.links.get(pid)
+        if link is not None and not link.closed:
+            return link
+        peer = self.group.peer(pid)
+        if self.group.is_master or pid == MASTER:
+            raise ProcessExitedException(pid)
+
+        ready = self._link_ready.get(pid)
+        if ready is None:
+            ready = self._link_ready[pid] = trio.Event()
+            self.spawn(self._connect_peer, peer)
+        with trio.move_on_after(self.worker_timeout):
+            await ready.wait()
+        link = self.links.get(pid)
+        if link is None:
+            if self.group.has_left(pid):
+                raise ProcessExitedException(pid)
+            self._link_ready.pop(pid, None)
+            raise DistributedError(
+                f"peer {pid} didn't connect to {self.myid} within "
+                f"{self.worker_timeout:g} seconds"
+            )
+        return link
+
+    async def _connect_peer(self, peer: Peer) -> None:
+        """Make the link to ``peer`` exist: dial it, or have it dial us."""
+        try:
+            if self.myid > peer.pid:
+                if not peer.host:
+                    peer.host, peer.port = await self.remotecall_fetch(
+                        _peer_address, MASTER, (peer.pid,), {}
+                    )
+                link = await self.open_link(peer.pid, peer.host, peer.port)
+                await link.send(Header(), IdentifySocketMsg(self.myid))
+            else:
+                await self.remotecall_fetch(
+                    _ask_to_connect, MASTER, (peer.pid, self.myid), {}
+                )
+        except (DistributedError, *_STREAM_ERRORS) as exc:
+            log.warning(
+                "Process(%d) - could not connect to peer %d: %s",
+                self.myid,
+                peer.pid,
+                exc,
+            )
+
+    # ------------------------------------------------------------- dispatch
+
+    def _handle(self, link: Link, header: Header, msg: Message) -> None:
+        """Act on one message; never blocks (work goes to new tasks)."""
+        if isinstance(msg, CallMsg):
+            if msg.mode == "call":
+                slot = self._owned_slot(header.response)
+                self.spawn(self._run_and_store, slot, msg.f, msg.args, msg.kwargs)
+            else:
+                self.spawn(
+                    self._run_and_reply,
+                    link,
+                    header.notify,
+                    msg.f,
+                    msg.args,
+                    msg.kwargs,
+                )
+        elif isinstance(msg, CallWaitMsg):
+            slot = self._owned_slot(header.response)
+            self.spawn(self._run_store_reply, link, header.notify, slot, msg)
+        elif isinstance(msg, RemoteDoMsg):
+            self.spawn(self._run_quietly, msg.f, msg.args, msg.kwargs)
+        elif isinstance(msg, ResultMsg):
+            self._deliver(header.response, msg.value)
+        elif isinstance(msg, ClientsMsg):
+            self._apply_clients(msg)
+        elif isinstance(msg, JoinCompleteMsg):
+            self._join_complete(link.peer, msg)
+        elif isinstance(msg, SetPeersMsg):
+            for pid, host, port in msg.peers:
+                if pid != self.myid and not self.group.has_left(pid):
+                    known = self.group.add_peer(Peer(pid, host, port))
+                    if not known.host:
+                        known.host, known.port = host, port
+        elif isinstance(msg, DeregisterMsg):
+            other = self.links.get(msg.pid)
+            if other is not None:
+                self.spawn(other.aclose)
+            else:
+                self.group.remove(msg.pid)
+        elif isinstance(msg, ExitMsg):
+            self.stop(0)
+        elif isinstance(msg, JoinPGRPMsg):
+            self.spawn(self._answer_join, link)
+        elif isinstance(msg, IdentifySocketAckMsg):
+            pass
+
+    def _owned_slot(self, rrid: RRID) -> Slot:
+        return self.refs.get_or_create(rrid, Slot).storage
+
+    def _deliver(self, rrid: RRID, value: object) -> None:
+        waiting = self._waiting.get(rrid)
+        if waiting is not None:
+            waiting[0].set(value)
+            return
+        entry = self.refs.get(rrid)
+        if entry is not None and not entry.storage.is_set:
+            entry.storage.set(value)
+
+    def _report_undecodable(
+        self, link: Link, header: Header, error: BaseException
+    ) -> None:
+        """A body failed to decode: tell whoever waits, keep the link."""
+        log.warning(
+            "Process(%d) - could not decode a message from %d: %r",
+            self.myid,
+            link.peer,
+            error,
+        )
+        failure = self._capture(error)
+        if header.response.id:
+            slot = self._owned_slot(header.response)
+            if not slot.is_set:
+                slot.set(failure)
+        if header.notify.id:
+            self.spawn(self._reply, link, header.notify, failure)
+
+    # ------------------------------------------------------ running calls
+
+    def _capture(self, error: BaseException) -> RemoteException:
+        tb = "".join(traceback.format_exception(error))
+        return RemoteException(self.myid, error, tb)
+
+    async def _invoke(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> object:
+        """Run f; a raised exception becomes a RemoteException value."""
+        try:
+            result = f(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception as exc:
+            return self._capture(exc)
+
+    async def _run_and_store(
+        self,
+        slot: Slot,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        value = await self._invoke(f, args, kwargs)
+        if not slot.is_set:
+            slot.set(value)
+
+    async def _run_and_reply(
+        self,
+        link: Link,
+        notify: RRID,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        await self._reply(link, notify, await self._invoke(f, args, kwargs))
+
+    async def _run_store_reply(
+        self, link: Link, notify: RRID, slot: Slot, msg: CallWaitMsg
+    ) -> None:
+        value = await self._invoke(msg.f, msg.args, msg.kwargs)
+        if not slot.is_set:
+            slot.set(value)
+        answer = value if isinstance(value, RemoteException) else "ok"
+        await self._reply(link, notify, answer)
+
+    async def _run_quietly(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        value = await self._invoke(f, args, kwargs)
+        if isinstance(value, RemoteException):
+            log.error("Process(%d) - error in remote_do:\n%s", self.myid, value)
+
+    async def _reply(self, link: Link, notify: RRID, value: object) -> None:
+        """Send a result back; an unpicklable one becomes a RemoteException."""
+        try:
+            await link.send(Header(response=notify), ResultMsg(value))
+        except ProcessExitedException:
+            log.debug(
+                "Process(%d) - caller %d left before the reply", self.myid, link.peer
+            )
+        except Exception as exc:
+            error = TypeError(
+                f"the result of type {type(value).__name__} could not be sent "
+                f"back from process {self.myid}: {exc}"
+            )
+            try:
+                await link.send(
+                    Header(response=notify), ResultMsg(self._capture(error))
+                )
+            except Exception as again:
+                log.error("Process(%d) - could not send a reply: %r", self.myid, again)
+
+    # ------------------------------------------------------ calling others
+
+    async def _await_answer(
+        self, pid: int, header: Header, msg: Message, answer: RRID
+    ) -> object:
+        """Send ``msg`` to ``pid`` and wait for the ResultMsg to ``answer``."""
+        slot = Slot()
+        self._waiting[answer] = (slot, pid)
+        try:
+            link = await self.link_to(pid)
+            await link.send(header, msg)
+            return await slot.wait()
+        finally:
+            del self._waiting[answer]
+
+    async def remotecall_fetch(
+        self,
+        f: Callable[..., Any],
+        pid: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if pid == self.myid:
+            value = await self._invoke(f, args, kwargs)
+        else:
+            self._check_target(pid)
+            notify = self.group.next_rrid()
+            value = await self._await_answer(
+                pid,
+                Header(notify=notify),
+                CallMsg(f, args, kwargs, "call_fetch"),
+                notify,
+            )
+        if isinstance(value, RemoteException):
+            raise value
+        return value
+
+    async def remotecall(
+        self,
+        f: Callable[..., Any],
+        pid: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future:
+        rrid = self.group.next_rrid()
+        if pid == self.myid:
+            fut = self.adopt_future(pid, rrid, MISSING)
+            slot = self._owned_slot(rrid)
+            self.spawn(self._run_and_store, slot, f, args, kwargs)
+            return fut
+
+        self._check_target(pid)
+        link = await self.link_to(pid)
+        fut = self.adopt_future(pid, rrid, MISSING)
+        await link.send(Header(response=rrid), CallMsg(f, args, kwargs, "call"))
+        return fut
+
+    async def remotecall_wait(
+        self,
+        f: Callable[..., Any],
+        pid: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future:
+        if pid == self.myid:
+            fut = await self.remotecall(f, pid, args, kwargs)
+            await self.wait_future(fut)
+            return fut
+
+        self._check_target(pid)
+        rrid = self.group.next_rrid()
+        notify = self.group.next_rrid()
+        fut = self.adopt_future(pid, rrid, MISSING)
+        answer = await self._await_answer(
+            pid, Header(rrid, notify), CallWaitMsg(f, args, kwargs), notify
+        )
+        if isinstance(answer, RemoteException):
+            raise answer
+        return fut
+
+    async def remote_do(
+        self,
+        f: Callable[..., Any],
+        pid: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if pid == self.myid:
+            self.spawn(self._run_quietly, f, args, kwargs)
+            return
+        self._check_target(pid)
+        link = await self.link_to(pid)
+        await link.send(Header(), RemoteDoMsg(f, args, kwargs))
+
+    def _check_target(self, pid: int) -> None:
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise TypeError(f"pid must be an int, got {pid!r}")
+        self.group.peer(pid)
+
+    # ------------------------------------------------------------ futures
+
+    def adopt_future(self, where: int, rrid: RRID, value: object) -> Future:
+        """The one local Future object for ``rrid`` on this process."""
+        fut = self._local_refs.get(rrid)
+        if fut is None:
+            fut = Future._make(where, rrid, value)
+            self._local_refs[rrid] = fut
+            if where != self.myid and value is MISSING:
+                weakref.finalize(fut, self._finalized, rrid, where)
+            elif where == self.myid and value is MISSING and rrid.whence != self.myid:
+                # Received a reference to a value we own: we hold it too.
+                self.refs.add_client(rrid, self.myid)
+        elif value is not MISSING and not fut.has_value:
+            fut.cache(value)
+            self.note_client(rrid, where, self.myid, added=False)
+        return fut
+
+    def _finalized(self, rrid: RRID, where: int) -> None:
+        # Called by the garbage collector, possibly in the middle of any
+        # task: only queue the notice and wake the flusher.
+        if self.stopped.is_set() or self._token is None:
+            return
+        self._client_notices.setdefault(where, []).append((False, rrid, self.myid))
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._notices_pending.set)
+
+    def note_client(self, rrid: RRID, owner: int, pid: int, *, added: bool) -> None:
+        """Record that ``pid`` gained or dropped a reference owned by ``owner``."""
+        if owner == self.myid:
+            if added:
+                self.refs.add_client(rrid, pid)
+            else:
+                self.refs.del_client(rrid, pid)
+            return
+        if self.group.has_left(owner):
+            return
+        self._client_notices.setdefault(owner, []).append((added, rrid, pid))
+        self._notices_pending.set()
+
+    def after_send(self, pid: int) -> None:
+        if self._client_notices:
+            self._notices_pending.set()
+
+    async def _flush_notices_forever(self) -> None:
+        """Send queued add/del client notices, batched per owner."""
+        while True:
+            await self._notices_pending.wait()
+            self._notices_pending = trio.Event()
+            pending, self._client_notices = self._client_notices, {}
+            for owner, changes in pending.items():
+                link = self.links.get(owner)
+                if link is None:
+                    continue
+                await self._send_quietly(link, Header(), ClientsMsg(tuple(changes)))
+
+    def _apply_clients(self, msg: ClientsMsg) -> None:
+        for added, rrid, pid in msg.changes:
+            if added:
+                self.refs.add_client(rrid, pid)
+            else:
+                self.refs.del_client(rrid, pid)
+
+    async def fetch_future(self, fut: Future) -> Any:
+        if fut.has_value:
+            value = fut.cached
+        elif fut.where == self.myid:
+            value = await self._owned_slot(fut.rrid).wait()
+            if not isinstance(value, RemoteException):
+                fut.cache(value)
+                self.refs.del_client(fut.rrid, self.myid)
+        else:
+            value = await self.remotecall_fetch(
+                _fetch_owned, fut.where, (fut.rrid,), {}
+            )
+            fut.cache(value)
+            self.note_client(fut.rrid, fut.where, self.myid, added=False)
+        if isinstance(value, RemoteException):
+            raise value
+        return value
+
+    async def wait_future(self, fut: Future) -> Future:
+        if fut.has_value:
+            return fut
+        if fut.where == self.myid:
+            value = await self._owned_slot(fut.rrid).wait()
+        else:
+            value = await self.remotecall_fetch(_wait_owned, fut.where, (fut.rrid,), {})
+        if isinstance(value, RemoteException):
+            raise value
+        return fut
+
+    async def isready_future(self, fut: Future) -> bool:
+        if fut.has_value:
+            return True
+        if fut.where == self.myid:
+            return self._owned_slot(fut.rrid).is_set
+        ready: bool = await self.remotecall_fetch(
+            _isready_owned, fut.where, (fut.rrid,), {}
+        )
+        return ready
+
+    async def put_future(self, fut: Future, value: object) -> Future:
+        if fut.has_value:
+            raise FutureAlreadySetError("Future can be set only once")
+        if fut.where == self.myid:
+            self._owned_slot(fut.rrid).set(value)
+            fut.cache(value)
+            self.refs.del_client(fut.rrid, self.myid)
+            return fut
+        await self.remotecall_fetch(
+            _put_owned, fut.where, (fut.rrid, value, self.myid), {}
+        )
+        fut.cache(value)
+        return fut
+
+    # ------------------------------------------------------------ joining
+
+    def _join(self, msg: JoinPGRPMsg) -> None:
+        """Worker side of JoinPGRP: adopt our pid and learn the peers."""
+        self.group.myid = msg.self_pid
+        self.group.topology = msg.topology
+        self.group.lazy = msg.lazy
+        self.worker_timeout = msg.worker_timeout
+        master = self.group.add_peer(Peer(MASTER, "", 0))
+        master.state = PeerState.CONNECTED
+        for pid, host, port in msg.peers:
+            self.group.add_peer(Peer(pid, host, port))
+        self.joined_master.set()
+
+    async def _answer_join(self, link: Link) -> None:
+        await self._send_quietly(
+            link, Header(), JoinCompleteMsg(os.cpu_count() or 1, os.getpid())
+        )
+
+    def _join_complete(self, pid: int, msg: JoinCompleteMsg) -> None:
+        peer = self.group.peer(pid)
+        peer.state = PeerState.CONNECTED
+        peer.ospid = msg.ospid
+        joined = self._joined.pop(pid, None)
+        if joined is not None:
+            joined.set()
+
+    async def setup_worker(self, launched: LaunchedWorker) -> int:
+        """Master side: give a launched worker a pid and wait until it joined."""
+        pid = self.group.allocate_pid()
+        peer = self.group.add_peer(Peer(pid, launched.host, launched.port))
+        self.handles[pid] = launched.handle
+        self.all_handles.append(launched.handle)
+        if launched.local:
+            self.local_pids.add(pid)
+        joined = self._joined[pid] = trio.Event()
+
+        try:
+            link = await self.open_link(pid, launched.host, launched.port)
+            lower = tuple(
+                (p.pid, p.host, p.port)
+                for p in self.group.peers()
+                if p.pid < pid and p.state is PeerState.CONNECTED
+            )
+            join = JoinPGRPMsg(
+                pid, lower, self.group.topology, self.group.lazy, self.worker_timeout
+            )
+            await link.send(Header(), join)
+            with trio.move_on_after(self.worker_timeout):
+                await joined.wait()
+        except ProcessExitedException:
+            pass
+
+        if peer.state is not PeerState.CONNECTED:
+            self._joined.pop(pid, None)
+            link_now = self.links.get(pid)
+            if link_now is not None:
+                await link_now.aclose()
+            self.group.remove(pid)
+            self.handles.pop(pid, None)
+            launched.handle.kill()
+            raise LaunchError(
+                f"worker {pid} did not connect within {self.worker_timeout:g} "
+                f"seconds; raise {_timeout_hint()} if workers start slowly"
+            )
+        launched.handle.start_output_relay(pid, self.nursery_or_fail())
+        return pid
+
+    async def announce_peers(self) -> None:
+        """After addprocs: tell every worker the full membership."""
+        peers = tuple(
+            (p.pid, p.host, p.port)
+            for p in self.group.peers()
+            if p.state is PeerState.CONNECTED
+        )
+        for link in list(self.links.values()):
+            await self._send_quietly(link, Header(), SetPeersMsg(peers))
+
+    def nursery_or_fail(self) -> trio.Nursery:
+        if self.nursery is None:
+            raise RuntimeError(f"process {self.myid} is not running")
+        return self.nursery
+
+    # ------------------------------------------------------------ removal
+
+    async def remove_workers(self, pids: list[int]) -> list[int]:
+        """Ask each worker to exit; returns those still present afterwards."""
+        for pid in pids:
+            peer = self.group.peer(pid)
+            peer.state = PeerState.TERMINATING
+            link = self.links.get(pid)
+            if link is not None:
+                await self._send_quietly(link, Header(), ExitMsg())
+        return [p for p in pids if p in self.links]
+
+    def require_master(self, what: str) -> None:
+        if not self.group.is_master:
+            raise NotMasterError(
+                f"{what} was called on process {self.myid}: only process 1 "
+                "can add and remove workers"
+            )
+
+    def lookup(self, pid: int) -> Peer:
+        return self.group.peer(pid)
+
+    def known_pid(self, pid: int) -> bool:
+        try:
+            self.group.peer(pid)
+        except (ProcessExitedException, NoSuchProcessError):
+            return False
+        return True
+
+
+def _timeout_hint() -> str:
+    return "DISTREF_WORKER_TIMEOUT"
+
+
+# Functions run on the owner of a reference, through remotecall_fetch.
+
+
+def _owner() -> Process:
+    from ._context import current_process
+
+    return current_process()
+
+
+async def _fetch_owned(rrid: RRID) -> object:
+    return await _owner()._owned_slot(rrid).wait()
+
+
+async def _wait_owned(rrid: RRID) -> object:
+    value = await _owner()._owned_slot(rrid).wait()
+    return value if isinstance(value, RemoteException) else "ok"
+
+
+def _isready_owned(rrid: RRID) -> bool:
+    return _owner()._owned_slot(rrid).is_set
+
+
+def _put_owned(rrid: RRID, value: object, caller: int) -> None:
+    proc = _owner()
+    proc._owned_slot(rrid).set(value)
+    proc.refs.del_client(rrid, caller)
+
+
+def _peer_address(pid: int) -> tuple[str, int]:
+    peer = _owner().group.peer(pid)
+    return peer.host, peer.port
+
+
+async def _ask_to_connect(target: int, requester: int) -> None:
+    """On the master: have ``target`` (the higher pid) dial ``requester``."""
+    proc = _owner()
+    await proc.remotecall_fetch(_connect_to, target, (requester,), {})
+
+
+async def _connect_to(requester: int) -> None:
+    await _owner().link_to(requester)

@@ -1,0 +1,96 @@
+"""The seams between the runtime and the world: transport and launcher.
+
+The runtime (``_process``) never opens a socket or starts a process itself;
+it asks a ``Transport`` for byte streams and a ``Launcher`` for workers.
+``ref`` plugs in TCP and OS processes; ``sim`` plugs in simulated links and
+in-process workers.  Everything else, the protocol core included, is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """Opens and accepts byte streams between processes."""
+
+    async def listen(
+        self, host: str, handler: StreamHandler, nursery: trio.Nursery
+    ) -> tuple[str, int]:
+        """Serve ``handler`` for every incoming stream; return the address."""
+        ...
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        """Open a stream to ``host:port``."""
+        ...
+
+
+class WorkerHandle(Protocol):
+    """The launcher's grip on one started worker, to stop and reap it."""
+
+    @property
+    def ospid(self) -> int | None: ...
+
+    def start_output_relay(self, pid: int, nursery: trio.Nursery) -> None:
+        """Relay the worker's further output, prefixed with its pid."""
+        ...
+
+    async def stop(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for a clean exit, then force it."""
+        ...
+
+    def kill(self) -> None:
+        """Stop the worker at once (like kill -9)."""
+        ...
+
+
+@dataclass
+class LaunchedWorker:
+    """Where a started worker listens, and how to stop it."""
+
+    host: str
+    port: int
+    handle: WorkerHandle
+    local: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Launcher(Protocol):
+    """Starts workers and reports each one's address as it comes up."""
+
+    async def launch(
+        self,
+        n: int,
+        *,
+        cookie: str,
+        timeout: float,
+        params: Mapping[str, Any],
+        nursery: trio.Nursery,
+    ) -> tuple[list[LaunchedWorker], list[BaseException]]:
+        """Start ``n`` workers; return those that started and the failures."""
+        ...
+
+
+class TcpTransport:
+    """Streams over TCP; listeners bind to the host given (loopback default)."""
+
+    async def listen(
+        self, host: str, handler: StreamHandler, nursery: trio.Nursery
+    ) -> tuple[str, int]:
+        listeners = await trio.open_tcp_listeners(0, host=host)
+        port = int(listeners[0].socket.getsockname()[1])
+        nursery.start_soon(_serve, handler, listeners)
+        return host, port
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port)
+
+
+async def _serve(handler: StreamHandler, listeners: list[trio.SocketListener]) -> None:
+    await trio.serve_listeners(handler, listeners)

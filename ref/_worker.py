@@ -1,0 +1,65 @@
+"""The life of a worker process, shared by real and simulated workers.
+
+``serve_worker`` listens, announces its address, waits (at most the worker
+timeout) for the master to connect and assign a pid, then serves until the
+master asks it to exit or the link to the master is lost.  ``ref.worker``
+runs it in an OS process over TCP; ``sim`` runs it as a task over simulated
+links.  It returns the process's exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ._process import Process
+from ._seams import Transport
+from .protocol.codec import Codec
+
+log = logging.getLogger("ref")
+
+
+async def serve_worker(
+    *,
+    cookie: str,
+    transport: Transport,
+    host: str,
+    announce: Callable[[str, int], None],
+    worker_timeout: float,
+    codec: Codec | None = None,
+    started: Callable[[Process], None] | None = None,
+) -> int:
+    """Run one worker until it is told to exit or loses the master."""
+    proc = Process(
+        myid=0,
+        cookie=cookie,
+        transport=transport,
+        worker_timeout=worker_timeout,
+        codec=codec,
+        host=host,
+    )
+    async with trio.open_nursery() as nursery:
+        proc.start(nursery)
+        if started is not None:
+            started(proc)
+
+        async def handler(stream: trio.abc.Stream) -> None:
+            await proc._in_context(proc.accept, stream)
+
+        bound, port = await transport.listen(host, handler, nursery)
+        announce(bound, port)
+
+        with trio.move_on_after(worker_timeout):
+            await proc.joined_master.wait()
+        if not proc.joined_master.is_set():
+            log.error(
+                "Master process (id 1) could not connect within %g seconds; exiting",
+                worker_timeout,
+            )
+            proc.stop(1)
+
+        await proc.stopped.wait()
+        nursery.cancel_scope.cancel()
+    return proc.exit_code

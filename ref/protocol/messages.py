@@ -1,0 +1,171 @@
+"""The typed messages processes exchange, mirroring Julia's ``messages.jl``.
+
+Every message travels with a header of two reference ids: ``response`` names
+the remote value that the receiver should fill (a Future's storage), and
+``notify`` names the caller's temporary slot that a reply should go to.  The
+RRID ``(0, 0)`` means "none".  The header is framed separately from the body,
+so that when a body cannot be decoded the receiver can still tell the sender
+which call failed (see ``framing``).
+
+Message classes are plain frozen dataclasses; dispatch is on the type, never
+on a string.  Their fields are encoded by the codec (cloudpickle), so a
+function or argument is any picklable object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from spec.api import RRID
+
+NULL_RRID = RRID(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Which remote values a message concerns, by RRID (``NULL_RRID``: none)."""
+
+    response: RRID = NULL_RRID
+    notify: RRID = NULL_RRID
+
+
+@dataclass(frozen=True, slots=True)
+class CallMsg:
+    """Run ``f(*args, **kwargs)``.
+
+    With ``mode="call"`` the result is stored under the header's ``response``
+    RRID on the receiver (a Future); with ``mode="call_fetch"`` it is sent
+    back in a ``ResultMsg`` to the header's ``notify`` RRID.
+    """
+
+    f: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    mode: Literal["call", "call_fetch"] = "call"
+
+
+@dataclass(frozen=True, slots=True)
+class CallWaitMsg:
+    """Like ``CallMsg("call")``, then reply ``ResultMsg("ok")`` once done."""
+
+    f: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDoMsg:
+    """Run ``f(*args, **kwargs)`` and discard the result; no reply."""
+
+    f: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultMsg:
+    """The value (or ``RemoteException``) for the header's ``response`` RRID."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JoinPGRPMsg:
+    """From the master to a new worker: your pid and the peers you may reach.
+
+    ``peers`` lists ``(pid, host, port)`` of the workers with lower pids;
+    with ``lazy`` the worker connects to them only when first needed.
+    """
+
+    self_pid: int
+    peers: tuple[tuple[int, str, int], ...]
+    topology: str = "all_to_all"
+    lazy: bool = True
+    worker_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class JoinCompleteMsg:
+    """A worker's answer to ``JoinPGRPMsg``: it is ready, and who it is."""
+
+    cpu_threads: int
+    ospid: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifySocketMsg:
+    """First message on a worker-to-worker link: the initiator's pid."""
+
+    from_pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifySocketAckMsg:
+    """The acceptor's answer to ``IdentifySocketMsg``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitMsg:
+    """Ask the receiver to exit cleanly (``rmprocs``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetPeersMsg:
+    """From the master after ``addprocs``: the full list of live workers.
+
+    The receiver creates stubs for pids it has not heard of, so that every
+    worker's ``procs()`` agrees with the master's.
+    """
+
+    peers: tuple[tuple[int, str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeregisterMsg:
+    """From the master: ``pid`` has left the cluster."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsMsg:
+    """Batched reference-count notices for the receiver, the owner.
+
+    Each change is ``(added, rrid, pid)``: pid now holds (``added``) or no
+    longer holds a reference to the owner's value ``rrid``.  Changes are
+    applied in order, so an add queued before a del is never lost.
+    """
+
+    changes: tuple[tuple[bool, RRID, int], ...] = ()
+
+
+Message = (
+    CallMsg
+    | CallWaitMsg
+    | RemoteDoMsg
+    | ResultMsg
+    | JoinPGRPMsg
+    | JoinCompleteMsg
+    | IdentifySocketMsg
+    | IdentifySocketAckMsg
+    | ExitMsg
+    | SetPeersMsg
+    | DeregisterMsg
+    | ClientsMsg
+)
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    CallMsg,
+    CallWaitMsg,
+    RemoteDoMsg,
+    ResultMsg,
+    JoinPGRPMsg,
+    JoinCompleteMsg,
+    IdentifySocketMsg,
+    IdentifySocketAckMsg,
+    ExitMsg,
+    SetPeersMsg,
+    DeregisterMsg,
+    ClientsMsg,
+)

@@ -1,0 +1,93 @@
+"""The owner's table of remote values and who holds references to them.
+
+Julia keeps, on the process that stores a value (the owner), a table from
+RRID to the value's storage and its *client set*: the pids that hold a
+reference.  The storage is freed when the client set becomes empty.  This
+module is that bookkeeping, generic in the storage type so the shell can keep
+trio objects in it while the rules stay here, free of I/O.
+
+Rules (julia-semantics.md, section c):
+
+* an entry is created lazily, at first use, with the client set
+  ``{whence}`` (the creator of the reference holds it);
+* ``add_client``/``del_client`` change the set; an empty set frees the entry;
+* a departed process is removed from every client set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from spec.api import RRID
+
+S = TypeVar("S")
+
+
+@dataclass
+class Entry(Generic[S]):
+    """One remote value: its storage and the pids holding a reference."""
+
+    storage: S
+    clients: set[int] = field(default_factory=set)
+
+
+class RefTable(Generic[S]):
+    """RRID -> storage and client set, freeing entries nobody references."""
+
+    def __init__(self) -> None:
+        self._entries: dict[RRID, Entry[S]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, rrid: object) -> bool:
+        return rrid in self._entries
+
+    def get(self, rrid: RRID) -> Entry[S] | None:
+        return self._entries.get(rrid)
+
+    def get_or_create(self, rrid: RRID, make: Callable[[], S]) -> Entry[S]:
+        """The entry for ``rrid``, created with clients ``{whence}`` if absent."""
+        entry = self._entries.get(rrid)
+        if entry is None:
+            entry = Entry(make(), {rrid.whence})
+            self._entries[rrid] = entry
+        return entry
+
+    def add_client(self, rrid: RRID, pid: int) -> None:
+        """``pid`` now holds a reference; ignored if the value is gone."""
+        entry = self._entries.get(rrid)
+        if entry is not None:
+            entry.clients.add(pid)
+
+    def del_client(self, rrid: RRID, pid: int) -> bool:
+        """``pid`` dropped its reference; returns True if that freed the value."""
+        entry = self._entries.get(rrid)
+        if entry is None:
+            return False
+        entry.clients.discard(pid)
+        if entry.clients:
+            return False
+        del self._entries[rrid]
+        return True
+
+    def remove_pid(self, pid: int) -> list[RRID]:
+        """Drop a departed process from every client set; returns freed RRIDs."""
+        freed = []
+        for rrid, entry in list(self._entries.items()):
+            if pid in entry.clients:
+                entry.clients.discard(pid)
+                if not entry.clients:
+                    del self._entries[rrid]
+                    freed.append(rrid)
+        return freed
+
+    def ids(self) -> list[RRID]:
+        """The RRIDs of every live value, sorted."""
+        return sorted(self._entries)
+
+    def clients(self, rrid: RRID) -> frozenset[int]:
+        entry = self._entries.get(rrid)
+        return frozenset(entry.clients) if entry else frozenset()

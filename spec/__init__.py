@@ -1,0 +1,1 @@
+"""The formal contract of distref: typed API, behaviour catalogue, model."""
