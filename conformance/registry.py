@@ -65,10 +65,10 @@ class ScenarioImportError(Exception):
 class Registry:
     """A set of scenarios, keyed by name.
 
-    Registering the same function twice is harmless (a module imported
-    again re-runs its decorators); registering a *different* function under
-    a name already taken is an error, because one of them would silently
-    never run.
+    Registering the same function again with the same claims is harmless
+    (a module imported again re-runs its decorators).  A *different*
+    function under a name already taken, or the same one with other claims,
+    is an error: one of them would silently never count.
     """
 
     def __init__(self) -> None:
@@ -114,6 +114,12 @@ class Registry:
         if existing is not None and existing.func is not spec.func:
             raise ValueError(
                 f"two scenarios are named {spec.name!r}; rename one of them"
+            )
+        if existing is not None and existing != spec:
+            # Stacked decorators would otherwise drop the outer one's claims.
+            raise ValueError(
+                f"scenario {spec.name!r} is registered twice with different "
+                "claims; name every behaviour and need in one @scenario(...)"
             )
 
         self._scenarios[spec.name] = spec

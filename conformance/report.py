@@ -17,7 +17,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conformance.runner import Result, RunReport, Status
+from conformance.runner import NO_SCENARIO, Result, RunReport, Status
 
 __all__ = [
     "CELLS",
@@ -104,13 +104,24 @@ def format_summary(report: RunReport) -> str:
 
 
 def format_details(report: RunReport) -> str:
-    """Why each behaviour failed or errored; empty when none did."""
+    """Why each behaviour failed or errored; empty when none did.
+
+    Behaviours that no scenario covers are listed once, together, rather
+    than once per backend: the hole is in the suite, not in a backend.
+    """
     blocks = []
+    uncovered: dict[str, None] = {}
     for result in report.results:
-        if result.status in (Status.FAIL, Status.ERROR):
+        if result.status is Status.ERROR and result.detail == NO_SCENARIO:
+            uncovered[result.behaviour] = None
+        elif result.status in (Status.FAIL, Status.ERROR):
             title = f"{CELLS[result.status]} {result.behaviour} on {result.backend}"
             body = "\n".join(f"    {line}" for line in result.detail.splitlines())
             blocks.append(f"{title}\n{body}" if body else title)
+
+    if uncovered:
+        listing = "\n".join(f"    {behaviour}" for behaviour in uncovered)
+        blocks.append(f"ERROR {NO_SCENARIO} ({len(uncovered)}):\n{listing}")
     return "\n".join(blocks)
 
 

@@ -146,7 +146,7 @@ class RunReport:
     def ok(self) -> bool:
         """True when nothing failed or errored and the catalogue matched."""
         bad = (Status.FAIL, Status.ERROR)
-        return all(r.status not in bad for r in self.results)
+        return not self.mismatches and all(r.status not in bad for r in self.results)
 
 
 def run_suite(

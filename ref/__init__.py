@@ -23,12 +23,15 @@ from spec.api import (
     RmprocsTimeoutError,
 )
 
+from . import faults
 from ._api import (
     Cluster,
     Removal,
     addprocs,
+    cluster_cookie,
     fetch,
     isready,
+    log_name,
     myid,
     nprocs,
     nworkers,
@@ -65,8 +68,11 @@ __all__ = [
     "Removal",
     "RmprocsTimeoutError",
     "addprocs",
+    "cluster_cookie",
+    "faults",
     "fetch",
     "isready",
+    "log_name",
     "myid",
     "nprocs",
     "nworkers",

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from spec.api import RRID, LaunchError, RmprocsTimeoutError
+from spec.api import RRID, LaunchError, RemoteRef, RmprocsTimeoutError
 
 from ._config import worker_timeout
 from ._context import current_process, reset_current, set_current
@@ -130,15 +130,45 @@ def procs(pid: int | None = None) -> list[int]:
 
 
 def _same_host(proc: Process, pid: int) -> list[int]:
+    alive = set(proc.group.procs())
     if pid == 1 or pid in proc.local_pids:
-        return sorted({1, *(p for p in proc.local_pids if proc.known_pid(p))})
+        return sorted({1} | (proc.local_pids & alive))
     host = proc.lookup(pid).host
-    return [p for p in proc.group.procs() if p != 1 and proc.lookup(p).host == host]
+    return [
+        p
+        for p in sorted(alive)
+        if p not in (1, proc.myid) and proc.lookup(p).host == host
+    ]
 
 
 def workers() -> list[int]:
     """Every worker pid; ``[1]`` when there are no workers."""
     return current_process().group.workers()
+
+
+def cluster_cookie(cookie: str | None = None) -> str:
+    """The cluster cookie; with an argument, set it (before adding workers).
+
+    A cookie is at most 16 ASCII characters and is padded with spaces to 16.
+    """
+    proc = current_process()
+    if cookie is None:
+        return proc.cookie
+    if not cookie.isascii() or len(cookie) > 16:
+        raise ValueError(
+            f"cluster_cookie: cookie={cookie!r} must be at most 16 ASCII characters"
+        )
+    if proc.links:
+        raise RuntimeError(
+            "cluster_cookie: cannot change the cookie while workers are connected; "
+            "set it before addprocs"
+        )
+    proc.cookie = cookie.ljust(16)
+    return proc.cookie
+
+
+#: The logger on which distref reports what it cannot raise to anybody.
+log_name = "ref"
 
 
 # ------------------------------------------------------------ membership
@@ -325,6 +355,6 @@ async def put(ref: Any, value: Any) -> Any:
     return await current_process().put_future(_as_future(ref, "put"), value)
 
 
-def remoteref_id(ref: Future) -> RRID:
+def remoteref_id(ref: RemoteRef) -> RRID:
     """The RRID identifying a remote reference."""
     return ref.rrid

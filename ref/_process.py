@@ -439,6 +439,7 @@ class Process:
         elif isinstance(msg, JoinCompleteMsg):
             self._join_complete(link.peer, msg)
         elif isinstance(msg, SetPeersMsg):
+            self.local_pids = set(msg.local)
             for pid, host, port in msg.peers:
                 if pid != self.myid and not self.group.has_left(pid):
                     known = self.group.add_peer(Peer(pid, host, port))
@@ -853,7 +854,9 @@ class Process:
             if p.state is PeerState.CONNECTED
         )
         for link in list(self.links.values()):
-            await self._send_quietly(link, Header(), SetPeersMsg(peers))
+            await self._send_quietly(
+                link, Header(), SetPeersMsg(peers, tuple(sorted(self.local_pids)))
+            )
 
     def nursery_or_fail(self) -> trio.Nursery:
         if self.nursery is None:

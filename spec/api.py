@@ -171,6 +171,14 @@ class Removal(Protocol):
         ...
 
 
+class Faults(Protocol):
+    """Fault injection a backend offers to scenarios that declare the need."""
+
+    async def kill(self, pid: int) -> None:
+        """Stop worker ``pid`` abruptly, as ``kill -9`` would."""
+        ...
+
+
 class DistributedAPI(Protocol):
     """The process-group and remote-call surface of a backend.
 
@@ -178,6 +186,11 @@ class DistributedAPI(Protocol):
     the local process table are plain functions.  Every backend module or
     object offered to the conformance suite satisfies this Protocol.
     """
+
+    #: Fault injection (scenarios needing ``faults.kill`` use it).
+    faults: Faults
+    #: The logger name on which the backend reports what it cannot raise.
+    log_name: str
 
     def myid(self) -> int: ...
 
@@ -220,6 +233,8 @@ class DistributedAPI(Protocol):
     def Future(self, pid: int | None = None) -> RemoteRef: ...
 
     def remoteref_id(self, ref: RemoteRef) -> RRID: ...
+
+    def cluster_cookie(self, cookie: str | None = None) -> str: ...
 
 
 #: The shape of a conformance scenario: it receives the API and returns

@@ -46,6 +46,7 @@ from conformance.registry import (
     all_scenarios,
 )
 from conformance.report import (
+    format_details,
     format_summary,
     format_table,
     summary_line,
@@ -361,6 +362,25 @@ def test_one_failing_scenario_fails_a_behaviour_others_pass(
     assert "good" not in result.detail
 
 
+def test_an_error_outranks_a_fail_among_a_behaviours_scenarios(
+    registry: Registry,
+) -> None:
+    @registry.scenario("b.one")
+    async def wrong(d: DistributedAPI) -> None:
+        raise AssertionError("wrong value")
+
+    @registry.scenario("b.one")
+    async def crashed(d: DistributedAPI) -> None:
+        raise OSError("connection reset")
+
+    report = run_suite([FakeBehaviour("b.one")], specs(registry), [FakeBackend("fake")])
+
+    result = one_result(report)
+    assert result.status is Status.ERROR
+    assert "wrong value" in result.detail
+    assert "OSError: connection reset" in result.detail
+
+
 def test_a_scenario_naming_an_unknown_behaviour_is_a_mismatch(
     registry: Registry,
 ) -> None:
@@ -499,6 +519,21 @@ def test_the_table_is_aligned_with_one_row_per_behaviour(registry: Registry) -> 
     assert len(starts) == 1
     assert "\x1b[" not in format_table(report)
     assert "\x1b[" in format_table(report, colour=True)
+
+
+def test_the_details_explain_each_failure_and_list_holes_once(
+    registry: Registry,
+) -> None:
+    report, _ = mixed_report(registry)
+
+    details = format_details(report)
+
+    assert "FAIL b.fail on a" in details
+    assert "expected 2, got 3" in details
+    assert "ValueError: boom" in details
+    assert details.count("b.none") == 1
+    assert f"{NO_SCENARIO} (1)" in details
+    assert "b.pass" not in details
 
 
 def test_the_summary_line_counts_every_status(registry: Registry) -> None:
@@ -667,7 +702,19 @@ def test_two_different_scenarios_cannot_share_a_name(registry: Registry) -> None
     registry.scenario("b.one")(first)  # the same function again is harmless
 
     with pytest.raises(ValueError, match="rename"):
-        registry.scenario("b.two")(second)
+        registry.scenario("b.one")(second)
+
+
+def test_stacked_decorators_are_refused_rather_than_losing_claims(
+    registry: Registry,
+) -> None:
+    async def stacked(d: DistributedAPI) -> None:
+        pass
+
+    registry.scenario("b.one")(stacked)
+
+    with pytest.raises(ValueError, match="one @scenario"):
+        registry.scenario("b.two")(stacked)
 
 
 @pytest.fixture

@@ -115,10 +115,12 @@ class SetPeersMsg:
     """From the master after ``addprocs``: the full list of live workers.
 
     The receiver creates stubs for pids it has not heard of, so that every
-    worker's ``procs()`` agrees with the master's.
+    worker's ``procs()`` agrees with the master's.  ``local`` lists the
+    workers started on the master's host, for ``procs(pid)``.
     """
 
     peers: tuple[tuple[int, str, int], ...]
+    local: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

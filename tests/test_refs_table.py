@@ -1,0 +1,140 @@
+"""Tests of ``ref.protocol.refs``: the owner's table of values and client sets."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ref.protocol.refs import RefTable
+from spec.api import RRID
+
+
+def test_entry_is_created_lazily_with_its_creator_as_client() -> None:
+    table: RefTable[str] = RefTable()
+    rrid = RRID(3, 1)
+    assert rrid not in table
+    assert table.get(rrid) is None
+    assert len(table) == 0
+
+    entry = table.get_or_create(rrid, lambda: "storage")
+    assert entry.storage == "storage"
+    assert entry.clients == {3}
+    assert rrid in table
+    assert table.clients(rrid) == frozenset({3})
+    assert len(table) == 1
+
+
+def test_get_or_create_returns_the_existing_entry_without_making_one() -> None:
+    table: RefTable[list[int]] = RefTable()
+    made: list[int] = []
+
+    def make() -> list[int]:
+        made.append(1)
+        return made
+
+    first = table.get_or_create(RRID(1, 1), make)
+    second = table.get_or_create(RRID(1, 1), make)
+    assert second is first
+    assert made == [1]
+
+
+def test_entry_is_freed_when_its_last_client_leaves() -> None:
+    table: RefTable[str] = RefTable()
+    rrid = RRID(1, 4)
+    table.get_or_create(rrid, lambda: "v")
+    table.add_client(rrid, 2)
+    assert table.clients(rrid) == {1, 2}
+
+    assert table.del_client(rrid, 1) is False
+    assert rrid in table
+    assert table.del_client(rrid, 2) is True
+    assert rrid not in table
+    assert table.clients(rrid) == frozenset()
+    assert table.del_client(rrid, 2) is False
+
+
+def test_deleting_a_non_client_keeps_the_entry() -> None:
+    table: RefTable[str] = RefTable()
+    rrid = RRID(1, 4)
+    table.get_or_create(rrid, lambda: "v")
+    assert table.del_client(rrid, 9) is False
+    assert table.clients(rrid) == {1}
+
+
+def test_adding_a_client_to_a_freed_value_does_not_revive_it() -> None:
+    table: RefTable[str] = RefTable()
+    rrid = RRID(2, 1)
+    table.get_or_create(rrid, lambda: "v")
+    table.del_client(rrid, 2)
+    table.add_client(rrid, 3)
+    assert rrid not in table
+
+
+def test_remove_pid_frees_only_values_it_alone_held() -> None:
+    table: RefTable[str] = RefTable()
+    alone, shared, other = RRID(5, 1), RRID(5, 2), RRID(6, 1)
+    table.get_or_create(alone, lambda: "a")
+    table.get_or_create(shared, lambda: "s")
+    table.add_client(shared, 1)
+    table.get_or_create(other, lambda: "o")
+
+    assert table.remove_pid(5) == [alone]
+    assert table.ids() == [shared, other]
+    assert table.clients(shared) == {1}
+    assert table.clients(other) == {6}
+    assert table.remove_pid(5) == []
+
+
+def test_ids_are_sorted() -> None:
+    table: RefTable[int] = RefTable()
+    for rrid in (RRID(3, 2), RRID(1, 5), RRID(3, 1)):
+        table.get_or_create(rrid, lambda: 0)
+    assert table.ids() == [RRID(1, 5), RRID(3, 1), RRID(3, 2)]
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "add", "del", "remove_pid"]),
+        st.sampled_from([RRID(1, 1), RRID(2, 1), RRID(2, 2)]),
+        st.integers(1, 4),
+    ),
+    max_size=60,
+)
+
+
+@given(OPS)
+def test_table_matches_a_model_of_client_sets(
+    ops: list[tuple[str, RRID, int]],
+) -> None:
+    """Random operations agree with a dict-of-sets model; no empty set survives."""
+    table: RefTable[RRID] = RefTable()
+    model: dict[RRID, set[int]] = {}
+    for op, rrid, pid in ops:
+        if op == "create":
+            table.get_or_create(rrid, lambda r=rrid: r)
+            model.setdefault(rrid, {rrid.whence})
+        elif op == "add":
+            table.add_client(rrid, pid)
+            if rrid in model:
+                model[rrid].add(pid)
+        elif op == "del":
+            freed = table.del_client(rrid, pid)
+            expected = rrid in model and model[rrid] <= {pid}
+            assert freed == expected
+            if rrid in model:
+                model[rrid].discard(pid)
+                if not model[rrid]:
+                    del model[rrid]
+        else:
+            freed_ids = table.remove_pid(pid)
+            expected_ids = sorted(r for r, c in model.items() if c == {pid})
+            assert sorted(freed_ids) == expected_ids
+            for r in list(model):
+                model[r].discard(pid)
+                if not model[r]:
+                    del model[r]
+        assert table.ids() == sorted(model)
+        for r, clients in model.items():
+            assert table.clients(r) == clients
+            entry = table.get(r)
+            assert entry is not None and entry.storage == r
