@@ -19,6 +19,7 @@ from spec.api import (
     NoSuchProcessError,
     NotMasterError,
     ProcessExitedException,
+    ReferenceNotFoundError,
     RemoteException,
     RmprocsTimeoutError,
 )
@@ -28,9 +29,14 @@ from ._api import (
     Cluster,
     Removal,
     addprocs,
+    channel_from_id,
+    close,
     cluster_cookie,
     fetch,
+    isempty,
+    isopen,
     isready,
+    live_refs,
     log_name,
     myid,
     nprocs,
@@ -44,15 +50,19 @@ from ._api import (
     remotecall_wait,
     remoteref_id,
     rmprocs,
+    take,
+    timedwait,
     wait,
     workers,
 )
+from ._channel import Channel
 from ._context import NoClusterError
 from ._local import LocalLauncher
-from ._refs import Future
+from ._refs import Future, RemoteChannel
 
 __all__ = [
     "RRID",
+    "Channel",
     "Cluster",
     "DistributedError",
     "Future",
@@ -64,14 +74,21 @@ __all__ = [
     "NoSuchProcessError",
     "NotMasterError",
     "ProcessExitedException",
+    "ReferenceNotFoundError",
+    "RemoteChannel",
     "RemoteException",
     "Removal",
     "RmprocsTimeoutError",
     "addprocs",
+    "channel_from_id",
+    "close",
     "cluster_cookie",
     "faults",
     "fetch",
+    "isempty",
+    "isopen",
     "isready",
+    "live_refs",
     "log_name",
     "myid",
     "nprocs",
@@ -85,6 +102,8 @@ __all__ = [
     "remotecall_wait",
     "remoteref_id",
     "rmprocs",
+    "take",
+    "timedwait",
     "wait",
     "workers",
 ]

@@ -8,6 +8,7 @@ process table are plain functions.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import secrets
@@ -19,13 +20,20 @@ from typing import Any
 
 import trio
 
-from spec.api import RRID, LaunchError, RemoteRef, RmprocsTimeoutError
+from spec.api import (
+    RRID,
+    LaunchError,
+    ReferenceNotFoundError,
+    RemoteRef,
+    RmprocsTimeoutError,
+)
 
+from ._channel import Channel
 from ._config import worker_timeout
 from ._context import current_process, reset_current, set_current
 from ._local import LocalLauncher
 from ._process import Process
-from ._refs import Future
+from ._refs import Future, RemoteChannel
 from ._seams import Launcher, TcpTransport, Transport
 from .protocol.codec import Codec
 
@@ -84,6 +92,12 @@ async def open_cluster(
             finally:
                 await _shutdown(master)
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The block's own error arrives wrapped by the nursery; a user of
+        # the context manager should see it as raised.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         reset_current(token)
 
@@ -329,32 +343,155 @@ async def remote_do(
 # ------------------------------------------------------------ references
 
 
-def _as_future(ref: object, call: str) -> Future:
-    if not isinstance(ref, Future):
-        raise TypeError(f"{call}: expected a Future, got {type(ref).__name__}")
-    return ref
+def _wrong_kind(call: str, ref: object, expected: str) -> TypeError:
+    return TypeError(f"{call}: expected {expected}, got {type(ref).__name__}")
 
 
 async def fetch(ref: Any) -> Any:
-    """The value of a Future (waiting for it); cached after the first fetch."""
-    return await current_process().fetch_future(_as_future(ref, "fetch"))
+    """The value of a Future (cached after the first fetch), or a channel's
+    head without removing it; waits until there is one."""
+    proc = current_process()
+    if isinstance(ref, Future):
+        return await proc.fetch_future(ref)
+    if isinstance(ref, RemoteChannel):
+        return await proc.channel_op(ref, "fetch")
+    if isinstance(ref, Channel):
+        return await ref.fetch()
+    raise _wrong_kind("fetch", ref, "a Future, RemoteChannel or Channel")
 
 
 async def wait(ref: Any) -> Any:
-    """Wait until the Future has a value; raises its RemoteException."""
-    return await current_process().wait_future(_as_future(ref, "wait"))
+    """Wait until the reference holds a value; returns the reference.
+
+    A Future whose call failed raises its ``RemoteException``.
+    """
+    proc = current_process()
+    if isinstance(ref, Future):
+        return await proc.wait_future(ref)
+    if isinstance(ref, RemoteChannel):
+        await proc.channel_op(ref, "wait")
+        return ref
+    if isinstance(ref, Channel):
+        await ref.wait()
+        return ref
+    raise _wrong_kind("wait", ref, "a Future, RemoteChannel or Channel")
 
 
 async def isready(ref: Any) -> bool:
-    """Whether the Future has a value (asks its owner if not cached)."""
-    return await current_process().isready_future(_as_future(ref, "isready"))
+    """Whether a value is there now (asks the owner when not cached)."""
+    proc = current_process()
+    if isinstance(ref, Future):
+        return await proc.isready_future(ref)
+    if isinstance(ref, RemoteChannel):
+        return bool(await proc.channel_op(ref, "isready"))
+    if isinstance(ref, Channel):
+        return ref.isready()
+    raise _wrong_kind("isready", ref, "a Future, RemoteChannel or Channel")
 
 
 async def put(ref: Any, value: Any) -> Any:
-    """Set a Future's value; a second put raises FutureAlreadySetError."""
-    return await current_process().put_future(_as_future(ref, "put"), value)
+    """Store ``value``; returns the reference.
+
+    A Future is write-once (a second put raises FutureAlreadySetError); a
+    channel waits while full and raises InvalidStateError once closed.
+    """
+    proc = current_process()
+    if isinstance(ref, Future):
+        return await proc.put_future(ref, value)
+    if isinstance(ref, RemoteChannel):
+        await proc.channel_op(ref, "put", value)
+        return ref
+    if isinstance(ref, Channel):
+        await ref.put(value)
+        return ref
+    raise _wrong_kind("put", ref, "a Future, RemoteChannel or Channel")
+
+
+def _channel(ref: object, call: str) -> RemoteChannel | Channel:
+    if isinstance(ref, RemoteChannel | Channel):
+        return ref
+    if isinstance(ref, Future):
+        raise TypeError(f"{call}: not defined for a Future (use fetch)")
+    raise _wrong_kind(call, ref, "a RemoteChannel or Channel")
+
+
+async def take(ref: Any) -> Any:
+    """Remove and return a channel's head, waiting while it is empty."""
+    chan = _channel(ref, "take")
+    if isinstance(chan, Channel):
+        return await chan.take()
+    return await current_process().channel_op(chan, "take")
+
+
+async def close(ref: Any) -> None:
+    """Close a channel: puts fail from now on, buffered items stay takeable."""
+    chan = _channel(ref, "close")
+    if isinstance(chan, Channel):
+        chan.close()
+        return
+    await current_process().channel_op(chan, "close")
+
+
+async def isopen(ref: Any) -> bool:
+    """Whether a channel still accepts puts."""
+    chan = _channel(ref, "isopen")
+    if isinstance(chan, Channel):
+        return chan.isopen()
+    return bool(await current_process().channel_op(chan, "isopen"))
+
+
+async def isempty(ref: Any) -> bool:
+    """Whether a channel holds no item (does not consume anything)."""
+    chan = _channel(ref, "isempty")
+    if isinstance(chan, Channel):
+        return chan.isempty()
+    return bool(await current_process().channel_op(chan, "isempty"))
 
 
 def remoteref_id(ref: RemoteRef) -> RRID:
     """The RRID identifying a remote reference."""
     return ref.rrid
+
+
+def channel_from_id(rrid: RRID) -> Channel:
+    """The channel behind ``rrid``; valid only on the process that stores it."""
+    proc = current_process()
+    entry = proc.refs.get(RRID(*rrid))
+    if entry is None or not isinstance(entry.storage, Channel):
+        raise ReferenceNotFoundError(
+            f"channel_from_id: no local channel for {tuple(rrid)} on process "
+            f"{proc.myid}; call it on the process that stores the channel"
+        )
+    return entry.storage
+
+
+def live_refs() -> dict[RRID, frozenset[int]]:
+    """This process's table of stored remote values: RRID -> holder pids.
+
+    A read-only snapshot for tests and debugging; its length is the number
+    of values this process keeps alive for others.
+    """
+    return current_process().refs.snapshot()
+
+
+async def timedwait(
+    testcb: Callable[[], Any], secs: float, *, pollint: float = 0.1
+) -> str:
+    """Poll ``testcb`` every ``pollint`` s until true: ``"ok"``, or after
+    ``secs`` seconds ``"timed_out"``."""
+    if pollint < 0.001:
+        raise ValueError(f"timedwait: pollint={pollint!r} must be >= 1 millisecond")
+    if secs < 0:
+        raise ValueError(f"timedwait: secs={secs!r} must be >= 0")
+
+    deadline = trio.current_time() + secs
+    while True:
+        result = testcb()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return "ok"
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            return "timed_out"
+        await trio.sleep(min(pollint, remaining))

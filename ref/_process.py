@@ -30,7 +30,7 @@ import os
 import traceback
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -46,8 +46,17 @@ from spec.api import (
     RemoteException,
 )
 
+from ._channel import Channel
 from ._context import reset_current, set_current
-from ._refs import MISSING, Future, Slot, sending_to
+from ._refs import (
+    MISSING,
+    ChannelFactory,
+    Future,
+    RemoteChannel,
+    RemoteRef,
+    Slot,
+    sending_to,
+)
 from ._seams import LaunchedWorker, Launcher, Transport, WorkerHandle
 from .protocol.codec import CloudpickleCodec, Codec
 from .protocol.group import MASTER, Peer, PeerState, ProcessGroup
@@ -80,6 +89,8 @@ from .protocol.wire import (
 )
 
 log = logging.getLogger("ref")
+
+R = TypeVar("R", bound=RemoteRef)
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -150,7 +161,7 @@ class Process:
         self.worker_timeout = worker_timeout
         self.codec: Codec = codec or CloudpickleCodec()
         self.host = host
-        self.refs: RefTable[Slot] = RefTable()
+        self.refs: RefTable[Slot | Channel] = RefTable()
         self.links: dict[int, Link] = {}
         self.handles: dict[int, WorkerHandle] = {}
         self.local_pids: set[int] = set()
@@ -159,9 +170,10 @@ class Process:
         self.launcher: Launcher | None = None
         self.stopped = trio.Event()
         self._waiting: dict[RRID, tuple[Slot, int]] = {}
-        self._local_refs: weakref.WeakValueDictionary[RRID, Future] = (
+        self._local_refs: weakref.WeakValueDictionary[RRID, RemoteRef] = (
             weakref.WeakValueDictionary()
         )
+        self._finalizers: dict[RRID, weakref.finalize[Any, Any]] = {}
         self._link_ready: dict[int, trio.Event] = {}
         self._joined: dict[int, trio.Event] = {}
         self._client_notices: dict[int, list[tuple[bool, RRID, int]]] = {}
@@ -459,7 +471,37 @@ class Process:
             pass
 
     def _owned_slot(self, rrid: RRID) -> Slot:
-        return self.refs.get_or_create(rrid, Slot).storage
+        storage = self.refs.get_or_create(rrid, Slot).storage
+        if not isinstance(storage, Slot):
+            raise TypeError(f"reference {tuple(rrid)} names a channel, not a Future")
+        return storage
+
+    def owned_channel(self, rrid: RRID, factory: ChannelFactory | None) -> Channel:
+        """The channel stored here under ``rrid``, made at first use."""
+
+        def make() -> Channel:
+            made = factory() if factory is not None else Channel(1)
+            if not isinstance(made, Channel):
+                raise TypeError(
+                    f"RemoteChannel factory returned {type(made).__name__}, "
+                    "not a ref.Channel"
+                )
+            return made
+
+        storage = self.refs.get_or_create(rrid, make).storage
+        if not isinstance(storage, Channel):
+            raise TypeError(f"reference {tuple(rrid)} names a Future, not a channel")
+        return storage
+
+    async def channel_op(self, chan: RemoteChannel, op: str, *args: object) -> Any:
+        """Run a channel operation on the owner; local ones copy nothing."""
+        if chan.where == self.myid:
+            return await _channel_call(self, chan.rrid, chan.factory, op, args)
+        result = await self.remotecall_fetch(
+            _channel_owned, chan.where, (chan.rrid, chan.factory, op, args), {}
+        )
+        chan.factory = None
+        return result
 
     def _deliver(self, rrid: RRID, value: object) -> None:
         waiting = self._waiting.get(rrid)
@@ -467,8 +509,9 @@ class Process:
             waiting[0].set(value)
             return
         entry = self.refs.get(rrid)
-        if entry is not None and not entry.storage.is_set:
-            entry.storage.set(value)
+        storage = entry.storage if entry is not None else None
+        if isinstance(storage, Slot) and not storage.is_set:
+            storage.set(value)
 
     def _report_undecodable(
         self, link: Link, header: Header, error: BaseException
@@ -481,7 +524,10 @@ class Process:
             error,
         )
         failure = self._capture(error)
-        if header.response.id:
+        if header.response in self._waiting:
+            # An undecodable ResultMsg: fail the caller waiting for it.
+            self._deliver(header.response, failure)
+        elif header.response.id:
             slot = self._owned_slot(header.response)
             if not slot.is_set:
                 slot.set(failure)
@@ -609,14 +655,14 @@ class Process:
     ) -> Future:
         rrid = self.group.next_rrid()
         if pid == self.myid:
-            fut = self.adopt_future(pid, rrid, MISSING)
+            fut = self.adopt(Future, pid, rrid, MISSING)
             slot = self._owned_slot(rrid)
             self.spawn(self._run_and_store, slot, f, args, kwargs)
             return fut
 
         self._check_target(pid)
         link = await self.link_to(pid)
-        fut = self.adopt_future(pid, rrid, MISSING)
+        fut = self.adopt(Future, pid, rrid, MISSING)
         await link.send(Header(response=rrid), CallMsg(f, args, kwargs, "call"))
         return fut
 
@@ -635,7 +681,7 @@ class Process:
         self._check_target(pid)
         rrid = self.group.next_rrid()
         notify = self.group.next_rrid()
-        fut = self.adopt_future(pid, rrid, MISSING)
+        fut = self.adopt(Future, pid, rrid, MISSING)
         answer = await self._await_answer(
             pid, Header(rrid, notify), CallWaitMsg(f, args, kwargs), notify
         )
@@ -664,25 +710,46 @@ class Process:
 
     # ------------------------------------------------------------ futures
 
-    def adopt_future(self, where: int, rrid: RRID, value: object) -> Future:
-        """The one local Future object for ``rrid`` on this process."""
-        fut = self._local_refs.get(rrid)
-        if fut is None:
-            fut = Future._make(where, rrid, value)
-            self._local_refs[rrid] = fut
-            if where != self.myid and value is MISSING:
-                weakref.finalize(fut, self._finalized, rrid, where)
-            elif where == self.myid and value is MISSING and rrid.whence != self.myid:
-                # Received a reference to a value we own: we hold it too.
+    def adopt(self, kind: type[R], where: int, rrid: RRID, value: object) -> R:
+        """The one local reference object of ``kind`` for ``rrid`` here.
+
+        A new object is tracked: when it is garbage-collected while the
+        owner still counts this process as a holder, a "del client" notice
+        is queued.  Receiving a reference to a value this process owns makes
+        this process a holder too.
+        """
+        known = self._local_refs.get(rrid)
+        if known is not None:
+            if (
+                isinstance(known, Future)
+                and value is not MISSING
+                and not known.has_value
+            ):
+                known.cache(value)
+                self.forget_holder(known)
+            assert isinstance(known, kind)
+            return known
+
+        obj = kind._make(where, rrid, value)  # type: ignore[attr-defined]  # every kind has _make
+        assert isinstance(obj, kind)
+        self._local_refs[rrid] = obj
+        if obj.tracked:
+            if where == self.myid:
                 self.refs.add_client(rrid, self.myid)
-        elif value is not MISSING and not fut.has_value:
-            fut.cache(value)
-            self.note_client(rrid, where, self.myid, added=False)
-        return fut
+            self._finalizers[rrid] = weakref.finalize(obj, self._finalized, rrid, where)
+        return obj
+
+    def forget_holder(self, ref: RemoteRef) -> None:
+        """This process no longer needs the owner to keep ``ref``'s value."""
+        finalizer = self._finalizers.pop(ref.rrid, None)
+        if finalizer is not None:
+            finalizer.detach()
+        self.note_client(ref.rrid, ref.where, self.myid, added=False)
 
     def _finalized(self, rrid: RRID, where: int) -> None:
         # Called by the garbage collector, possibly in the middle of any
         # task: only queue the notice and wake the flusher.
+        self._finalizers.pop(rrid, None)
         if self.stopped.is_set() or self._token is None:
             return
         self._client_notices.setdefault(where, []).append((False, rrid, self.myid))
@@ -713,6 +780,9 @@ class Process:
             self._notices_pending = trio.Event()
             pending, self._client_notices = self._client_notices, {}
             for owner, changes in pending.items():
+                if owner == self.myid:
+                    self._apply_clients(ClientsMsg(tuple(changes)))
+                    continue
                 link = self.links.get(owner)
                 if link is None:
                     continue
@@ -726,21 +796,21 @@ class Process:
                 self.refs.del_client(rrid, pid)
 
     async def fetch_future(self, fut: Future) -> Any:
-        if fut.has_value:
-            value = fut.cached
-        elif fut.where == self.myid:
-            value = await self._owned_slot(fut.rrid).wait()
-            if not isinstance(value, RemoteException):
+        """The Future's value, fetched once and cached; a failure raises."""
+        async with fut.lock:
+            if fut.has_value:
+                value = fut.cached
+            elif fut.where == self.myid:
+                value = await self._owned_slot(fut.rrid).wait()
+            else:
+                value = await self.remotecall_fetch(
+                    _fetch_owned, fut.where, (fut.rrid,), {}
+                )
+            if isinstance(value, RemoteException):
+                raise value
+            if not fut.has_value:
                 fut.cache(value)
-                self.refs.del_client(fut.rrid, self.myid)
-        else:
-            value = await self.remotecall_fetch(
-                _fetch_owned, fut.where, (fut.rrid,), {}
-            )
-            fut.cache(value)
-            self.note_client(fut.rrid, fut.where, self.myid, added=False)
-        if isinstance(value, RemoteException):
-            raise value
+                self.forget_holder(fut)
         return value
 
     async def wait_future(self, fut: Future) -> Future:
@@ -770,12 +840,15 @@ class Process:
         if fut.where == self.myid:
             self._owned_slot(fut.rrid).set(value)
             fut.cache(value)
-            self.refs.del_client(fut.rrid, self.myid)
+            self.forget_holder(fut)
             return fut
         await self.remotecall_fetch(
             _put_owned, fut.where, (fut.rrid, value, self.myid), {}
         )
         fut.cache(value)
+        finalizer = self._finalizers.pop(fut.rrid, None)
+        if finalizer is not None:
+            finalizer.detach()
         return fut
 
     # ------------------------------------------------------------ joining
@@ -938,3 +1011,30 @@ async def _ask_to_connect(target: int, requester: int) -> None:
 
 async def _connect_to(requester: int) -> None:
     await _owner().link_to(requester)
+
+
+_CHANNEL_OPS = frozenset(
+    {"put", "take", "fetch", "wait", "isready", "isempty", "isopen", "close"}
+)
+
+
+async def _channel_call(
+    proc: Process,
+    rrid: RRID,
+    factory: ChannelFactory | None,
+    op: str,
+    args: tuple[object, ...],
+) -> Any:
+    if op not in _CHANNEL_OPS:
+        raise ValueError(f"unknown channel operation {op!r}")
+    chan = proc.owned_channel(rrid, factory)
+    if op in ("put", "take", "fetch", "wait"):
+        result = await getattr(chan, op)(*args)
+        return None if op in ("put", "wait") else result
+    return getattr(chan, op)()
+
+
+async def _channel_owned(
+    rrid: RRID, factory: ChannelFactory | None, op: str, args: tuple[object, ...]
+) -> Any:
+    return await _channel_call(_owner(), rrid, factory, op, args)

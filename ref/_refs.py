@@ -18,11 +18,12 @@ The owner frees the slot when no process holds the reference any more.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from spec.api import RRID, FutureAlreadySetError
+from spec.api import RRID, FutureAlreadySetError, InvalidStateError, RemoteException
 
 from ._context import current_process, peek_current
 
@@ -37,8 +38,13 @@ sending_to: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 
 
 class _Missing:
+    """The "no value yet" marker; it unpickles as the same singleton."""
+
     def __repr__(self) -> str:
         return "<missing>"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
 
 
 MISSING: Final = _Missing()
@@ -85,18 +91,65 @@ class Slot:
         return self.peek()
 
 
-class Future:
+class RemoteRef:
+    """What Future and RemoteChannel share: an owner, an identity, tracking.
+
+    Equality and hashing use the RRID alone.  Pickling for another process
+    tells the owner (through the sending process) that the receiver now
+    holds the reference; unpickling returns the receiving process's one
+    local object for the RRID.
+    """
+
+    __slots__ = ("__weakref__", "_where", "rrid")
+
+    _where: int
+    rrid: RRID
+
+    @property
+    def where(self) -> int:
+        return self._where
+
+    @property
+    def tracked(self) -> bool:
+        """Whether the owner must count this holder (False once fetched)."""
+        return True
+
+    def _payload(self) -> object:
+        return MISSING
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteRef) and (
+            type(other) is type(self) and other.rrid == self.rrid
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.rrid))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        target = sending_to.get()
+        proc = peek_current()
+        kind = type(self)
+        if target is None or proc is None:
+            # Outside the runtime's own encoding the reference cannot be
+            # tracked, so it travels zeroed and is unusable, as upstream.
+            return (_rebuild, (kind, 0, RRID(0, 0), MISSING, False))
+
+        if self.tracked and target != self._where:
+            proc.note_client(self.rrid, self._where, target, added=True)
+        return (_rebuild, (kind, self._where, self.rrid, self._payload(), True))
+
+
+class Future(RemoteRef):
     """A handle on the result of a remote call, stored on process ``where``.
 
     Create one with ``remotecall`` or ``Future(pid)``; read it with
     ``fetch``, ``wait`` and ``isready``; set it once with ``put``.
     """
 
-    __slots__ = ("__weakref__", "_value", "_where", "rrid")
+    __slots__ = ("_lock", "_value")
 
-    _where: int
-    rrid: RRID
     _value: object
+    _lock: trio.Lock | None
 
     def __new__(cls, pid: int | None = None) -> Future:
         """A new, unset Future whose value will be stored on ``pid``.
@@ -106,7 +159,7 @@ class Future:
         """
         proc = current_process()
         where = proc.myid if pid is None else pid
-        return proc.adopt_future(where, proc.group.next_rrid(), MISSING)
+        return proc.adopt(Future, where, proc.group.next_rrid(), MISSING)
 
     @classmethod
     def _make(cls, where: int, rrid: RRID, value: object = MISSING) -> Future:
@@ -115,11 +168,22 @@ class Future:
         fut._where = where
         fut.rrid = rrid
         fut._value = value
+        fut._lock = None
         return fut
 
     @property
-    def where(self) -> int:
-        return self._where
+    def lock(self) -> trio.Lock:
+        """Serialises fetches, so concurrent fetchers all see the value."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
+
+    @property
+    def tracked(self) -> bool:
+        return not self.has_value
+
+    def _payload(self) -> object:
+        return self._value
 
     @property
     def has_value(self) -> bool:
@@ -133,32 +197,83 @@ class Future:
     def cache(self, value: object) -> None:
         self._value = value
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Future) and other.rrid == self.rrid
-
-    def __hash__(self) -> int:
-        return hash(("Future", self.rrid))
-
     def __repr__(self) -> str:
         state = "fetched" if self.has_value else "unfetched"
         return f"Future(where={self._where}, rrid={tuple(self.rrid)}, {state})"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        target = sending_to.get()
-        proc = peek_current()
-        if target is None or proc is None:
-            # Outside the runtime's own encoding the reference cannot be
-            # tracked, so it travels zeroed and is unusable, as upstream.
-            return (_rebuild_future, (0, RRID(0, 0), MISSING, False))
 
-        if not self.has_value and target != self._where:
-            proc.note_client(self.rrid, self._where, target, added=True)
-        return (_rebuild_future, (self._where, self.rrid, self._value, True))
+ChannelFactory = Callable[[], Any]
 
 
-def _rebuild_future(where: int, rrid: RRID, value: object, tracked: bool) -> Future:
-    """Unpickle a Future: the one local object per RRID on this process."""
+class RemoteChannel(RemoteRef):
+    """A handle on a channel stored on process ``where``.
+
+    ``RemoteChannel(pid)`` names a channel of capacity 1 on ``pid``;
+    ``RemoteChannel(factory, pid)`` one made by calling ``factory()`` on
+    ``pid`` (e.g. ``lambda: ref.Channel(10)``).  The channel is created on the
+    owner at the first operation, which carries the factory there.
+    """
+
+    __slots__ = ("factory",)
+
+    factory: ChannelFactory | None
+
+    def __new__(
+        cls, factory: ChannelFactory | int | None = None, pid: int | None = None
+    ) -> RemoteChannel:
+        if isinstance(factory, int) and not isinstance(factory, bool):
+            factory, pid = None, factory
+        if factory is not None and not callable(factory):
+            raise TypeError(
+                f"RemoteChannel: factory={factory!r} must be a callable that "
+                "returns a Channel"
+            )
+        proc = current_process()
+        where = proc.myid if pid is None else pid
+        chan = proc.adopt(RemoteChannel, where, proc.group.next_rrid(), factory)
+        return chan
+
+    @classmethod
+    def _make(cls, where: int, rrid: RRID, value: object = MISSING) -> RemoteChannel:
+        chan = object.__new__(cls)
+        chan._where = where
+        chan.rrid = rrid
+        chan.factory = value if callable(value) else None
+        return chan
+
+    def _payload(self) -> object:
+        return self.factory if self.factory is not None else MISSING
+
+    def __repr__(self) -> str:
+        return f"RemoteChannel(where={self._where}, rrid={tuple(self.rrid)})"
+
+    def __aiter__(self) -> AsyncIterator[object]:
+        return _iterate_remote(self)
+
+
+async def _iterate_remote(chan: RemoteChannel) -> AsyncIterator[object]:
+    """Take until the channel is closed and empty, wherever it lives."""
+    from ._context import current_process as _cp
+
+    proc = _cp()
+    while True:
+        try:
+            yield await proc.channel_op(chan, "take")
+        except InvalidStateError:
+            return
+        except RemoteException as exc:
+            if isinstance(exc.exception, InvalidStateError):
+                return
+            raise
+
+
+def _rebuild(
+    kind: type[RemoteRef], where: int, rrid: RRID, value: object, tracked: bool
+) -> RemoteRef:
+    """Unpickle a reference: the one local object per RRID on this process."""
     if not tracked:
-        return Future._make(where, rrid, value)
+        if kind is Future:
+            return Future._make(where, rrid, value)
+        return RemoteChannel._make(where, rrid, value)
     proc: Process = current_process()
-    return proc.adopt_future(where, rrid, value)
+    return proc.adopt(kind, where, rrid, value)

@@ -52,8 +52,8 @@ async def serve_worker(
         announce(bound, port)
 
         with trio.move_on_after(worker_timeout):
-            await proc.joined_master.wait()
-        if not proc.joined_master.is_set():
+            await _first_of(proc.joined_master, proc.stopped)
+        if not proc.joined_master.is_set() and not proc.stopped.is_set():
             log.error(
                 "Master process (id 1) could not connect within %g seconds; exiting",
                 worker_timeout,
@@ -63,3 +63,15 @@ async def serve_worker(
         await proc.stopped.wait()
         nursery.cancel_scope.cancel()
     return proc.exit_code
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_for(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait_for, event)

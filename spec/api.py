@@ -141,6 +141,10 @@ class InvalidStateError(DistributedError):
         return (type(self), (str(self), self.state))
 
 
+class ReferenceNotFoundError(DistributedError, LookupError):
+    """No local instance of a remote reference exists on this process."""
+
+
 class NotMasterError(DistributedError):
     """An operation only process 1 may perform was attempted elsewhere."""
 

@@ -11,7 +11,11 @@ Rules (julia-semantics.md, section c):
 * an entry is created lazily, at first use, with the client set
   ``{whence}`` (the creator of the reference holds it);
 * ``add_client``/``del_client`` change the set; an empty set frees the entry;
-* a departed process is removed from every client set.
+* a departed process is removed from every client set;
+* a "del client" that arrives before the matching "add client" (the two
+  travel on different links when a reference is forwarded to a third
+  process) leaves a tombstone that cancels that add, so the value is not
+  kept alive for a holder that has already let go.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Entry(Generic[S]):
 
     storage: S
     clients: set[int] = field(default_factory=set)
+    tombstones: set[int] = field(default_factory=set)
 
 
 class RefTable(Generic[S]):
@@ -59,13 +64,20 @@ class RefTable(Generic[S]):
     def add_client(self, rrid: RRID, pid: int) -> None:
         """``pid`` now holds a reference; ignored if the value is gone."""
         entry = self._entries.get(rrid)
-        if entry is not None:
+        if entry is None:
+            return
+        if pid in entry.tombstones:
+            entry.tombstones.discard(pid)
+        else:
             entry.clients.add(pid)
 
     def del_client(self, rrid: RRID, pid: int) -> bool:
         """``pid`` dropped its reference; returns True if that freed the value."""
         entry = self._entries.get(rrid)
         if entry is None:
+            return False
+        if pid not in entry.clients:
+            entry.tombstones.add(pid)
             return False
         entry.clients.discard(pid)
         if entry.clients:
@@ -77,6 +89,7 @@ class RefTable(Generic[S]):
         """Drop a departed process from every client set; returns freed RRIDs."""
         freed = []
         for rrid, entry in list(self._entries.items()):
+            entry.tombstones.discard(pid)
             if pid in entry.clients:
                 entry.clients.discard(pid)
                 if not entry.clients:
@@ -87,6 +100,10 @@ class RefTable(Generic[S]):
     def ids(self) -> list[RRID]:
         """The RRIDs of every live value, sorted."""
         return sorted(self._entries)
+
+    def snapshot(self) -> dict[RRID, frozenset[int]]:
+        """Every live value's RRID and client set, sorted by RRID."""
+        return {rrid: frozenset(self._entries[rrid].clients) for rrid in self.ids()}
 
     def clients(self, rrid: RRID) -> frozenset[int]:
         entry = self._entries.get(rrid)
