@@ -5,6 +5,10 @@ For one backend and one behaviour the status is, in this order of checks:
 * ``not-implemented`` when the behaviour lists the backend in its
   ``not_implemented`` set.  Its scenarios are not run, so a known gap can
   never be reported as a pass;
+* when no scenario covers the behaviour but the catalogue names pytest
+  tests for it (``tests``, for what the API cannot observe), those tests
+  decide on ``ref``, the backend they exercise, and the behaviour is
+  ``skip`` elsewhere;
 * ``error`` when no scenario covers the behaviour: that is a hole in the
   suite whatever the backend, so it is reported even on a backend that
   cannot run;
@@ -32,6 +36,7 @@ from types import TracebackType
 from typing import Protocol
 
 from conformance.backends import Backend, ScenarioTimeout
+from conformance.pytest_verifier import TESTED_BACKEND, PytestVerifier
 from conformance.registry import ScenarioSpec
 
 __all__ = [
@@ -242,6 +247,9 @@ def _judge(
 ) -> tuple[Status, str]:
     if backend.name in behaviour.not_implemented:
         return Status.NOT_IMPLEMENTED, f"marked not implemented on {backend.name}"
+    tests: tuple[str, ...] = tuple(getattr(behaviour, "tests", ()))
+    if not covering and tests:
+        return _judge_by_tests(backend, tests, unavailable)
     if not covering:
         return Status.ERROR, NO_SCENARIO
     if unavailable is not None:
@@ -258,6 +266,24 @@ def _judge(
                 backend, spec, seed=seed, timeout=timeout
             )
     return _combine([(spec.name, outcomes[spec.name]) for spec in covering])
+
+
+def _judge_by_tests(
+    backend: Backend, tests: tuple[str, ...], unavailable: str | None
+) -> tuple[Status, str]:
+    if backend.name != TESTED_BACKEND:
+        return Status.SKIP, (
+            f"observable only by {TESTED_BACKEND}'s own tests: {', '.join(tests)}"
+        )
+    if unavailable is not None:
+        return Status.SKIP, f"backend unavailable: {unavailable}"
+
+    verifier = PytestVerifier()
+    missing = verifier.available()
+    if missing is not None:
+        return Status.SKIP, missing
+    passed, detail = verifier.verify(tests)
+    return (Status.PASS if passed else Status.FAIL), detail
 
 
 def _missing_capabilities(backend: Backend, covering: Sequence[ScenarioSpec]) -> str:

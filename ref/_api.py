@@ -26,16 +26,19 @@ from spec.api import (
     ReferenceNotFoundError,
     RemoteRef,
     RmprocsTimeoutError,
+    WorkerPoolAPI,
 )
 
+from . import _pools
 from ._channel import Channel
-from ._config import worker_timeout
+from ._config import worker_timeout as configured_worker_timeout
 from ._context import current_process, reset_current, set_current
 from ._local import LocalLauncher
 from ._process import Process
 from ._refs import Future, RemoteChannel
 from ._seams import Launcher, TcpTransport, Transport
 from .protocol.codec import Codec
+from .protocol.group import PeerState
 
 log = logging.getLogger("ref")
 
@@ -78,7 +81,7 @@ async def open_cluster(
         myid=1,
         cookie=cookie or random_cookie(),
         transport=transport or TcpTransport(),
-        worker_timeout=worker_timeout() if timeout is None else timeout,
+        worker_timeout=configured_worker_timeout() if timeout is None else timeout,
         codec=codec,
     )
     cluster = Cluster(master, launcher or LocalLauncher())
@@ -103,17 +106,24 @@ async def open_cluster(
 
 
 async def _shutdown(master: Process) -> None:
-    """Stop every worker: ask, wait a little, then kill and reap."""
+    """Stop every worker: ask, wait a little, then kill and reap.
+
+    The grace period is one for all workers: those still running when it
+    ends are killed together.
+    """
     with trio.CancelScope(shield=True):
+        deadline = trio.current_time() + CLOSE_GRACE
         pids = [p for p in master.group.procs() if p != 1]
-        with trio.move_on_after(CLOSE_GRACE):
+        with trio.move_on_at(deadline):
             await master.remove_workers(pids)
             for pid in pids:
                 await master.departed(pid).wait()
         for link in list(master.links.values()):
             await link.aclose()
-        for handle in master.all_handles:
-            await handle.stop(CLOSE_GRACE)
+        async with trio.open_nursery() as nursery:
+            for handle in master.all_handles:
+                left = max(0.0, deadline - trio.current_time())
+                nursery.start_soon(handle.stop, left)
         master.stop(0)
 
 
@@ -130,8 +140,14 @@ def nprocs() -> int:
     return current_process().group.nprocs()
 
 
-def nworkers() -> int:
-    """How many workers; 1 when there are none (the master works then)."""
+def nworkers(pool: Any = None) -> int:
+    """How many workers; 1 when there are none (the master works then).
+
+    Given a pool owned by the caller: its live member count (1 for an
+    empty default pool).
+    """
+    if pool is not None:
+        return len(_pools.pool_workers(pool))
     return current_process().group.nworkers()
 
 
@@ -155,8 +171,14 @@ def _same_host(proc: Process, pid: int) -> list[int]:
     ]
 
 
-def workers() -> list[int]:
-    """Every worker pid; ``[1]`` when there are no workers."""
+def workers(pool: Any = None) -> list[int]:
+    """Every worker pid; ``[1]`` when there are no workers.
+
+    Given a pool owned by the caller: its live members (``[1]`` for an
+    empty default pool); use ``await pool.workers()`` for any pool.
+    """
+    if pool is not None:
+        return _pools.pool_workers(pool)
     return current_process().group.workers()
 
 
@@ -179,6 +201,13 @@ def cluster_cookie(cookie: str | None = None) -> str:
         )
     proc.cookie = cookie.ljust(16)
     return proc.cookie
+
+
+def worker_timeout() -> float:
+    """Seconds start-up waits may take on this process (Julia's internal
+    ``worker_timeout()``): the master's comes from ``DISTREF_WORKER_TIMEOUT``
+    when its cluster opens, and a worker takes its master's."""
+    return current_process().worker_timeout
 
 
 #: The logger on which distref reports what it cannot raise to anybody.
@@ -299,6 +328,10 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
         elif proc.known_pid(pid) and pid not in targets:
             targets.append(pid)
 
+    for pid in targets:
+        # Out of procs() and workers() from now on, even while a background
+        # removal still waits for its turn.
+        proc.lookup(pid).state = PeerState.TERMINATING
     removal = Removal(targets)
     if waitfor == 0:
         proc.spawn(removal._run, proc, math.inf)
@@ -312,31 +345,46 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
 # ------------------------------------------------------------ remote calls
 
 
+# ``pid`` may also be a worker pool: a free member is taken for the call
+# (see ``_pools.call_on_pool`` for when it is given back).
+
+
 async def remotecall(
-    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+    f: Callable[..., Any], pid: int | WorkerPoolAPI, /, *args: Any, **kwargs: Any
 ) -> Future:
     """Start ``f(*args, **kwargs)`` on ``pid``; returns a Future at once."""
+    if not isinstance(pid, int):
+        fut: Future = await _pools.call_on_pool("call", f, pid, args, kwargs)
+        return fut
     return await current_process().remotecall(f, pid, args, kwargs)
 
 
 async def remotecall_fetch(
-    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+    f: Callable[..., Any], pid: int | WorkerPoolAPI, /, *args: Any, **kwargs: Any
 ) -> Any:
     """Run ``f`` on ``pid`` and return its value; its error raises here."""
+    if not isinstance(pid, int):
+        return await _pools.call_on_pool("fetch", f, pid, args, kwargs)
     return await current_process().remotecall_fetch(f, pid, args, kwargs)
 
 
 async def remotecall_wait(
-    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+    f: Callable[..., Any], pid: int | WorkerPoolAPI, /, *args: Any, **kwargs: Any
 ) -> Future:
     """Run ``f`` on ``pid``, wait until it finished, return its Future."""
+    if not isinstance(pid, int):
+        fut: Future = await _pools.call_on_pool("wait", f, pid, args, kwargs)
+        return fut
     return await current_process().remotecall_wait(f, pid, args, kwargs)
 
 
 async def remote_do(
-    f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+    f: Callable[..., Any], pid: int | WorkerPoolAPI, /, *args: Any, **kwargs: Any
 ) -> None:
     """Run ``f`` on ``pid`` for its effect; errors are logged there."""
+    if not isinstance(pid, int):
+        await _pools.call_on_pool("do", f, pid, args, kwargs)
+        return
     await current_process().remote_do(f, pid, args, kwargs)
 
 
@@ -374,6 +422,8 @@ async def wait(ref: Any) -> Any:
     if isinstance(ref, Channel):
         await ref.wait()
         return ref
+    if _pools.is_pool(ref):
+        return await ref.wait()
     raise _wrong_kind("wait", ref, "a Future, RemoteChannel or Channel")
 
 
@@ -386,6 +436,8 @@ async def isready(ref: Any) -> bool:
         return bool(await proc.channel_op(ref, "isready"))
     if isinstance(ref, Channel):
         return ref.isready()
+    if _pools.is_pool(ref):
+        return bool(await ref.isready())
     raise _wrong_kind("isready", ref, "a Future, RemoteChannel or Channel")
 
 
@@ -404,6 +456,9 @@ async def put(ref: Any, value: Any) -> Any:
     if isinstance(ref, Channel):
         await ref.put(value)
         return ref
+    if _pools.is_pool(ref):
+        await ref.put(value)
+        return ref
     raise _wrong_kind("put", ref, "a Future, RemoteChannel or Channel")
 
 
@@ -416,7 +471,12 @@ def _channel(ref: object, call: str) -> RemoteChannel | Channel:
 
 
 async def take(ref: Any) -> Any:
-    """Remove and return a channel's head, waiting while it is empty."""
+    """Remove and return a channel's head, waiting while it is empty.
+
+    For a worker pool: take a free member's pid.
+    """
+    if _pools.is_pool(ref):
+        return await ref.take()
     chan = _channel(ref, "take")
     if isinstance(chan, Channel):
         return await chan.take()
@@ -446,6 +506,20 @@ async def isempty(ref: Any) -> bool:
     if isinstance(chan, Channel):
         return chan.isempty()
     return bool(await current_process().channel_op(chan, "isempty"))
+
+
+async def getindex(ref: Any, key: Any) -> Any:
+    """Julia's ``ref[key]``: ``fetch(ref)[key]`` for a Future; for a
+    RemoteChannel the head is indexed on the owner and only the selected
+    element travels back."""
+    proc = current_process()
+    if isinstance(ref, Future):
+        return (await proc.fetch_future(ref))[key]
+    if isinstance(ref, RemoteChannel):
+        return await proc.channel_op(ref, "getindex", key)
+    if isinstance(ref, Channel):
+        return (await ref.fetch())[key]  # type: ignore[index]  # the user's value
+    raise _wrong_kind("getindex", ref, "a Future, RemoteChannel or Channel")
 
 
 def remoteref_id(ref: RemoteRef) -> RRID:

@@ -47,7 +47,8 @@ from spec.api import (
 )
 
 from ._channel import Channel
-from ._context import reset_current, set_current
+from ._context import peek_current, reset_current, set_current
+from ._pools import worker_joined
 from ._refs import (
     MISSING,
     ChannelFactory,
@@ -99,7 +100,13 @@ class Link:
     """One authenticated stream to a peer process, with ordered sends."""
 
     def __init__(
-        self, proc: Process, peer: int, stream: trio.abc.Stream, wire: WireConnection
+        self,
+        proc: Process,
+        peer: int,
+        stream: trio.abc.Stream,
+        wire: WireConnection,
+        *,
+        identified: bool = True,
     ) -> None:
         self.proc = proc
         self.peer = peer
@@ -107,21 +114,53 @@ class Link:
         self.wire = wire
         self._lock = trio.Lock()
         self.closed = False
+        # False on a link we dialled until its identifying first message
+        # (JoinPGRP, IdentifySocket) is written: nothing may precede it.
+        self.identified = identified
 
     async def send(self, header: Header, message: Message) -> None:
         """Encode and write one message; a broken link is ProcessExited.
 
+        Reference-count notices queued for this peer go first, in the same
+        write, so the peer learns of every holder we announced before it
+        sees any later operation of ours (a put, a fetch, a drop).
         Encoding happens under the lock so that reference-count notices
         queued while pickling are ordered with the message itself.
         """
+        await self._write(header, message)
+
+    async def flush_notices(self) -> None:
+        """Write the reference-count notices queued for this peer, if any."""
+        await self._write(Header(), None)
+
+    async def _write(self, header: Header, message: Message | None) -> None:
         if self.closed:
             raise ProcessExitedException(self.peer)
         async with self._lock:
+            # A cancellation delivered while waiting for the lock must end
+            # the send here, before a byte is written: send_all's own first
+            # check would otherwise raise it and condemn a healthy link.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            notices = self.proc.take_notices(self.peer) if self.identified else ()
+            if isinstance(message, JoinPGRPMsg | IdentifySocketMsg):
+                self.identified = True
             token = sending_to.set(self.peer)
             try:
-                data = self.wire.send(header, message)
+                data = b""
+                if notices:
+                    data = self.wire.send(Header(), ClientsMsg(notices))
+                if message is not None:
+                    data += self.wire.send(header, message)
+            except ProtocolError:
+                # The link closed or broke while this send waited its turn.
+                raise ProcessExitedException(self.peer) from None
+            except BaseException:
+                self.proc.requeue_notices(self.peer, notices)
+                raise
             finally:
                 sending_to.reset(token)
+            if not data:
+                return
             try:
                 await self.stream.send_all(data)
             except _STREAM_ERRORS:
@@ -236,7 +275,7 @@ class Process:
     def _register_link(
         self, pid: int, stream: trio.abc.Stream, wire: WireConnection
     ) -> Link:
-        link = Link(self, pid, stream, wire)
+        link = Link(self, pid, stream, wire, identified=False)
         self.links[pid] = link
         peer = self.group.peer(pid)
         if peer.state is PeerState.CREATED and not self.group.is_master:
@@ -252,10 +291,12 @@ class Process:
         try:
             with trio.fail_after(self.worker_timeout):
                 first = await self._handshake(stream, wire)
-        except (ProtocolError, trio.TooSlowError, *_STREAM_ERRORS) as exc:
-            log.warning(
-                "Process(%d) - unknown remote, closing connection: %s", self.myid, exc
+        except trio.TooSlowError:
+            self._refuse_unknown(
+                f"No handshake within {self.worker_timeout:g} seconds."
             )
+        except (ProtocolError, *_STREAM_ERRORS) as exc:
+            self._refuse_unknown(str(exc) or type(exc).__name__)
         if first is None:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -284,6 +325,11 @@ class Process:
             )
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    def _refuse_unknown(self, reason: str) -> None:
+        """Log why a connection failed before its peer identified itself."""
+        log.warning("Process(%d) - %s", self.myid, reason)
+        log.warning("Process(%d) - Unknown remote, closing connection.", self.myid)
 
     async def _handshake(
         self, stream: trio.abc.Stream, wire: WireConnection
@@ -463,6 +509,10 @@ class Process:
                 self.spawn(other.aclose)
             else:
                 self.group.remove(msg.pid)
+                # It may hold references we own though it never linked to
+                # us (it got them from a third process): forget it as holder.
+                self.refs.remove_pid(msg.pid)
+                self._client_notices.pop(msg.pid, None)
         elif isinstance(msg, ExitMsg):
             self.stop(0)
         elif isinstance(msg, JoinPGRPMsg):
@@ -496,6 +546,13 @@ class Process:
     async def channel_op(self, chan: RemoteChannel, op: str, *args: object) -> Any:
         """Run a channel operation on the owner; local ones copy nothing."""
         if chan.where == self.myid:
+            if chan.rrid not in self.refs:
+                # First use: a failing factory fails as a remote owner's
+                # would, with a RemoteException (from this process).
+                try:
+                    self.owned_channel(chan.rrid, chan.factory)
+                except Exception as exc:
+                    raise self._capture(exc) from exc
             return await _channel_call(self, chan.rrid, chan.factory, op, args)
         result = await self.remotecall_fetch(
             _channel_owned, chan.where, (chan.rrid, chan.factory, op, args), {}
@@ -591,6 +648,8 @@ class Process:
 
     async def _reply(self, link: Link, notify: RRID, value: object) -> None:
         """Send a result back; an unpicklable one becomes a RemoteException."""
+        if isinstance(value, RemoteException):
+            value = self._portable(value)
         try:
             await link.send(Header(response=notify), ResultMsg(value))
         except ProcessExitedException:
@@ -608,6 +667,15 @@ class Process:
                 )
             except Exception as again:
                 log.error("Process(%d) - could not send a reply: %r", self.myid, again)
+
+    def _portable(self, error: RemoteException) -> RemoteException:
+        """``error`` with its exception wrapped to travel whatever it holds.
+
+        An exception that cannot be encoded here, or decoded by the
+        receiver, arrives as a ``RuntimeError`` naming its type and text.
+        """
+        wrapped = _PortableException(error.exception, error.pid, self.codec)
+        return RemoteException(error.pid, wrapped, error.remote_traceback)
 
     # ------------------------------------------------------ calling others
 
@@ -735,7 +803,7 @@ class Process:
         self._local_refs[rrid] = obj
         if obj.tracked:
             if where == self.myid:
-                self.refs.add_client(rrid, self.myid)
+                self.refs.announce(rrid, self.myid, added=True)
             self._finalizers[rrid] = weakref.finalize(obj, self._finalized, rrid, where)
         return obj
 
@@ -759,10 +827,7 @@ class Process:
     def note_client(self, rrid: RRID, owner: int, pid: int, *, added: bool) -> None:
         """Record that ``pid`` gained or dropped a reference owned by ``owner``."""
         if owner == self.myid:
-            if added:
-                self.refs.add_client(rrid, pid)
-            else:
-                self.refs.del_client(rrid, pid)
+            self.refs.announce(rrid, pid, added=added)
             return
         if self.group.has_left(owner):
             return
@@ -778,22 +843,36 @@ class Process:
         while True:
             await self._notices_pending.wait()
             self._notices_pending = trio.Event()
-            pending, self._client_notices = self._client_notices, {}
-            for owner, changes in pending.items():
+            for owner in list(self._client_notices):
                 if owner == self.myid:
-                    self._apply_clients(ClientsMsg(tuple(changes)))
+                    self._apply_clients(ClientsMsg(self.take_notices(owner)))
                     continue
-                link = self.links.get(owner)
-                if link is None:
+                if not self.group.is_known(owner):
+                    # The owner has left, or was never heard of (Julia's
+                    # id_in_procs check): the notices are moot.
+                    self._client_notices.pop(owner, None)
                     continue
-                await self._send_quietly(link, Header(), ClientsMsg(tuple(changes)))
+                try:
+                    # Connecting first if need be, as Julia's remote_do would.
+                    link = await self.link_to(owner)
+                    await link.flush_notices()
+                except DistributedError:
+                    self._client_notices.pop(owner, None)
+
+    def take_notices(self, pid: int) -> tuple[tuple[bool, RRID, int], ...]:
+        """Remove and return the reference-count notices queued for ``pid``."""
+        return tuple(self._client_notices.pop(pid, ()))
+
+    def requeue_notices(
+        self, pid: int, notices: tuple[tuple[bool, RRID, int], ...]
+    ) -> None:
+        """Put back notices that could not be sent, ahead of newer ones."""
+        if notices:
+            self._client_notices[pid] = [*notices, *self._client_notices.get(pid, [])]
 
     def _apply_clients(self, msg: ClientsMsg) -> None:
         for added, rrid, pid in msg.changes:
-            if added:
-                self.refs.add_client(rrid, pid)
-            else:
-                self.refs.del_client(rrid, pid)
+            self.refs.announce(rrid, pid, added=added)
 
     async def fetch_future(self, fut: Future) -> Any:
         """The Future's value, fetched once and cached; a failure raises."""
@@ -877,6 +956,8 @@ class Process:
         joined = self._joined.pop(pid, None)
         if joined is not None:
             joined.set()
+        # Julia pushes every joining worker into the default pool.
+        worker_joined(self, pid)
 
     async def setup_worker(self, launched: LaunchedWorker) -> int:
         """Master side: give a launched worker a pid and wait until it joined."""
@@ -941,6 +1022,8 @@ class Process:
     async def remove_workers(self, pids: list[int]) -> list[int]:
         """Ask each worker to exit; returns those still present afterwards."""
         for pid in pids:
+            if self.group.has_left(pid):
+                continue  # it left while we were asking the others
             peer = self.group.peer(pid)
             peer.state = PeerState.TERMINATING
             link = self.links.get(pid)
@@ -964,6 +1047,54 @@ class Process:
         except (ProcessExitedException, NoSuchProcessError):
             return False
         return True
+
+
+def _text_of(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__} whose str() failed>"
+
+
+class _PortableException(Exception):
+    """Carries a remote call's exception so the receiver always gets one.
+
+    It is encoded as the exception's own pickle plus a description; the
+    receiver rebuilds the original, or, if it cannot (a class or module it
+    lacks, a broken ``__reduce__``), a ``RuntimeError`` from the description.
+    It only ever exists on the sending side.
+    """
+
+    def __init__(self, error: BaseException, pid: int, codec: Codec) -> None:
+        super().__init__(error)
+        self.error = error
+        self.pid = pid
+        self.codec = codec
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        head = f"{type(self.error).__name__}: {_text_of(self.error)}"
+        try:
+            # Encoded now, inside the message's own encoding, so references
+            # the exception holds are tracked as usual.
+            payload = self.codec.dumps(self.error)
+        except Exception as exc:
+            reason = f"could not be sent from process {self.pid}: {exc!r}"
+            return (RuntimeError, (f"{head} (this exception {reason})",))
+        return (_rebuild_exception, (payload, head, self.pid))
+
+
+def _rebuild_exception(payload: bytes, head: str, pid: int) -> BaseException:
+    """Receiving side of ``_PortableException``: the original, or a stand-in."""
+    proc = peek_current()
+    codec: Codec = proc.codec if proc is not None else CloudpickleCodec()
+    try:
+        error = codec.loads(payload)
+    except Exception as exc:
+        reason = f"from process {pid} could not be rebuilt here: {exc!r}"
+        return RuntimeError(f"{head} (this exception {reason})")
+    if not isinstance(error, BaseException):
+        return RuntimeError(f"{head} (decoded as a {type(error).__name__})")
+    return error
 
 
 def _timeout_hint() -> str:
@@ -1014,7 +1145,17 @@ async def _connect_to(requester: int) -> None:
 
 
 _CHANNEL_OPS = frozenset(
-    {"put", "take", "fetch", "wait", "isready", "isempty", "isopen", "close"}
+    {
+        "put",
+        "take",
+        "fetch",
+        "wait",
+        "isready",
+        "isempty",
+        "isopen",
+        "close",
+        "getindex",
+    }
 )
 
 
@@ -1028,6 +1169,9 @@ async def _channel_call(
     if op not in _CHANNEL_OPS:
         raise ValueError(f"unknown channel operation {op!r}")
     chan = proc.owned_channel(rrid, factory)
+    if op == "getindex":
+        head: Any = await chan.fetch()
+        return head[args[0]]
     if op in ("put", "take", "fetch", "wait"):
         result = await getattr(chan, op)(*args)
         return None if op in ("put", "wait") else result

@@ -55,9 +55,10 @@ async def serve_worker(
             await _first_of(proc.joined_master, proc.stopped)
         if not proc.joined_master.is_set() and not proc.stopped.is_set():
             log.error(
-                "Master process (id 1) could not connect within %g seconds; exiting",
+                "Master process (id 1) could not connect within %g seconds.",
                 worker_timeout,
             )
+            log.error("exiting.")
             proc.stop(1)
 
         await proc.stopped.wait()

@@ -22,7 +22,8 @@ Their meanings mirror Julia's ``Distributed`` (see docs/julia-mapping.md):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -149,6 +150,15 @@ class NotMasterError(DistributedError):
     """An operation only process 1 may perform was attempted elsewhere."""
 
 
+class NoActiveWorkerError(DistributedError):
+    """``take`` on a worker pool that has no live member left.
+
+    Only the default worker pool falls back to process 1 when it is empty;
+    every other pool raises this instead of waiting for a member that can
+    never come back.
+    """
+
+
 @runtime_checkable
 class RemoteRef(Protocol):
     """What ``Future`` and ``RemoteChannel`` share: an owner and an identity."""
@@ -162,6 +172,34 @@ class RemoteRef(Protocol):
     def rrid(self) -> RRID:
         """This reference's identity."""
         ...
+
+
+@runtime_checkable
+class ChannelRef(RemoteRef, Protocol):
+    """A ``RemoteChannel``: a remote reference that can also be iterated.
+
+    ``async for item in rc`` takes one value at a time, on the owner, and
+    ends without error once the channel is closed and empty.
+    """
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+
+class LocalChannel(Protocol):
+    """A process-local channel (Julia's ``Channel``): a FIFO of values.
+
+    It is operated on with the API's ``put``, ``take``, ``fetch``, ``wait``,
+    ``isready``, ``isempty``, ``isopen`` and ``close``; ``len`` is the number
+    of values buffered now, and ``async for`` takes until closed and empty.
+    ``capacity`` is 0 (unbuffered), a positive int, or ``math.inf``.
+    """
+
+    @property
+    def capacity(self) -> float: ...
+
+    def __len__(self) -> int: ...
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
 
 
 class Removal(Protocol):
@@ -180,6 +218,65 @@ class Faults(Protocol):
 
     async def kill(self, pid: int) -> None:
         """Stop worker ``pid`` abruptly, as ``kill -9`` would."""
+        ...
+
+
+class WorkerPoolAPI(Protocol):
+    """A set of worker pids handed out one caller at a time.
+
+    Every operation is ``async`` because a pool sent to another process is
+    a proxy whose operations run on the process that created the pool.
+    """
+
+    async def take(self) -> int:
+        """Remove and return a free live member, waiting while all are busy."""
+        ...
+
+    async def put(self, pid: int) -> None:
+        """Return ``pid`` to the free members (ignored for a non-member)."""
+        ...
+
+    async def push(self, pid: int) -> None:
+        """Add ``pid`` as a member, free."""
+        ...
+
+    async def wait(self) -> None:
+        """Wait until a member is free, without taking it."""
+        ...
+
+    async def isready(self) -> bool:
+        """Whether ``take`` would return at once."""
+        ...
+
+    async def length(self) -> int:
+        """How many live members, busy and free."""
+        ...
+
+    async def workers(self) -> list[int]:
+        """The live members, sorted (``[1]`` for an empty default pool)."""
+        ...
+
+    async def nworkers(self) -> int:
+        """``len(await workers())``."""
+        ...
+
+
+class SyncBlockAPI(Protocol):
+    """What ``async with sync() as block`` gives: Julia's ``@async`` inside."""
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task the block waits for."""
+        ...
+
+
+class DistributedTaskAPI(Protocol):
+    """The handle ``distributed_for`` returns when it has no reducer."""
+
+    @property
+    def done(self) -> bool: ...
+
+    async def wait(self) -> None:
+        """Wait for every chunk; raise an ExceptionGroup of their errors."""
         ...
 
 
@@ -208,22 +305,46 @@ class DistributedAPI(Protocol):
 
     async def addprocs(self, n: int, **params: Any) -> list[int]: ...
 
-    async def rmprocs(self, *pids: int, waitfor: float = ...) -> Removal: ...
+    async def rmprocs(
+        self, *pids: int | Iterable[int], waitfor: float = ...
+    ) -> Removal:
+        """Remove workers given one by one, as collections, or both."""
+        ...
 
     async def remotecall(
-        self, f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+        self,
+        f: Callable[..., Any],
+        pid: int | WorkerPoolAPI,
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> RemoteRef: ...
 
     async def remotecall_fetch(
-        self, f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+        self,
+        f: Callable[..., Any],
+        pid: int | WorkerPoolAPI,
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> Any: ...
 
     async def remotecall_wait(
-        self, f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+        self,
+        f: Callable[..., Any],
+        pid: int | WorkerPoolAPI,
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> RemoteRef: ...
 
     async def remote_do(
-        self, f: Callable[..., Any], pid: int, /, *args: Any, **kwargs: Any
+        self,
+        f: Callable[..., Any],
+        pid: int | WorkerPoolAPI,
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> None: ...
 
     async def fetch(self, ref: Any) -> Any: ...
@@ -236,9 +357,159 @@ class DistributedAPI(Protocol):
 
     def Future(self, pid: int | None = None) -> RemoteRef: ...
 
+    def RemoteChannel(
+        self,
+        factory_or_pid: Callable[[], Any] | int | None = None,
+        /,
+        pid: int | None = None,
+    ) -> ChannelRef:
+        """A channel stored on ``pid`` (default: the caller).
+
+        ``RemoteChannel(p)`` is backed by ``Channel(1)``; ``RemoteChannel(f,
+        p)`` by the channel ``f()`` returns, called on ``p`` no later than the
+        first operation on the reference.  The constructor itself does not
+        wait for ``p``.
+        """
+        ...
+
+    def Channel(self, capacity: float = 1) -> LocalChannel: ...
+
+    async def take(self, ref: Any) -> Any: ...
+
+    async def close(self, ref: Any) -> None: ...
+
+    async def isopen(self, ref: Any) -> bool: ...
+
+    async def isempty(self, ref: Any) -> bool: ...
+
+    async def getindex(self, ref: Any, key: Any) -> Any:
+        """Julia's ``ref[key]``."""
+        ...
+
     def remoteref_id(self, ref: RemoteRef) -> RRID: ...
 
+    def channel_from_id(self, rrid: RRID) -> LocalChannel:
+        """The channel stored here under ``rrid``; ReferenceNotFoundError
+        on any process that does not store it."""
+        ...
+
+    def live_refs(self) -> Mapping[RRID, frozenset[int]]:
+        """This process's stored values: RRID -> pids holding a reference."""
+        ...
+
+    async def timedwait(
+        self, testcb: Callable[[], Any], secs: float, *, pollint: float = 0.1
+    ) -> str:
+        """Poll ``testcb`` (plain or async) until true: ``"ok"``; or
+        ``"timed_out"`` after ``secs`` seconds."""
+        ...
+
     def cluster_cookie(self, cookie: str | None = None) -> str: ...
+
+    # ------------------------------------------------ pools (issue 5)
+
+    def WorkerPool(self, pids: Iterable[int] = ...) -> WorkerPoolAPI: ...
+
+    def CachingPool(self, pids: Iterable[int] = ...) -> WorkerPoolAPI: ...
+
+    def default_worker_pool(self) -> WorkerPoolAPI: ...
+
+    def set_default_worker_pool(self, pool: WorkerPoolAPI) -> None: ...
+
+    async def push(self, pool: WorkerPoolAPI, pid: int) -> None: ...
+
+    def remote(
+        self, f: Callable[..., Any], pool: WorkerPoolAPI | None = None
+    ) -> Callable[..., Awaitable[Any]]: ...
+
+    def clear(self, pool: Any) -> Any:
+        """Free a CachingPool's cached functions on its workers."""
+        ...
+
+    # ------------------------------------------------- pmap (issue 5)
+
+    async def pmap(
+        self,
+        f: Callable[..., Any],
+        *iterables: Iterable[Any],
+        pool: WorkerPoolAPI | None = None,
+        distributed: bool = True,
+        batch_size: Any = 1,
+        on_error: Callable[[Exception], Any] | None = None,
+        retry_delays: Iterable[float] = (),
+        retry_check: Callable[[Any, Exception], Any] | None = None,
+        progress: Any = False,
+    ) -> list[Any]: ...
+
+    def ExponentialBackOff(
+        self,
+        n: int = 1,
+        first_delay: float = 0.05,
+        max_delay: float = 10.0,
+        factor: float = 5.0,
+        jitter: float = 0.1,
+    ) -> Iterable[float]: ...
+
+    # ------------------------------------------- constructs (issue 5)
+
+    #: The ``spawnat`` target that means "the next worker in turn".
+    ANY: Any
+
+    async def spawnat(
+        self, pid: Any, f: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> RemoteRef: ...
+
+    async def fetch_any(
+        self, f: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any: ...
+
+    async def fetchfrom(
+        self, pid: int, f: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any: ...
+
+    async def everywhere(
+        self,
+        f: Callable[..., Any],
+        /,
+        *args: Any,
+        procs: int | Iterable[int] | None = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    async def define_globals(
+        self,
+        values: Mapping[str, Any],
+        procs: int | Iterable[int] | None = None,
+        module: str = "__main__",
+    ) -> None: ...
+
+    async def clear_globals(
+        self,
+        names: str | Iterable[str],
+        pids: int | Iterable[int] | None = None,
+        module: str = "__main__",
+    ) -> None: ...
+
+    async def distributed_for(
+        self,
+        body: Callable[[Any], Any],
+        iterable: Any,
+        reducer: Callable[[Any, Any], Any] | None = None,
+    ) -> Any: ...
+
+    def splitrange(self, lo: int, hi: int, np: int) -> list[range]: ...
+
+    def sync(self) -> AbstractAsyncContextManager[SyncBlockAPI]: ...
+
+    def worker_timeout(self) -> float:
+        """The worker timeout in force on the calling process, in seconds.
+
+        Julia's internal ``worker_timeout()``: how long start-up waits (the
+        address line, joining, peer connections) may take; on the master it
+        comes from ``DISTREF_WORKER_TIMEOUT`` (default 60), and a worker
+        uses the value its master gave it.
+        """
+        ...
 
 
 #: The shape of a conformance scenario: it receives the API and returns

@@ -49,6 +49,8 @@ _PACKAGE = __name__.rpartition(".")[0] or "spec"
 
 _STRING_KEYS = ("id", "api", "statement", "source")
 _KEYS = frozenset((*_STRING_KEYS, "issue", "not_implemented"))
+#: Keys an entry may carry or leave out.
+_OPTIONAL_KEYS = frozenset({"tests"})
 
 
 class CatalogueError(ValueError):
@@ -69,6 +71,9 @@ class Behaviour:
     source: str
     issue: int
     not_implemented: frozenset[str]
+    #: pytest node IDs (relative to the repository) that verify the
+    #: behaviour on ``ref`` where no scenario can observe it through the API.
+    tests: tuple[str, ...] = ()
 
 
 def _where(index: int, table: dict[str, Any]) -> str:
@@ -88,7 +93,7 @@ def _parse_entry(index: int, table: object) -> Behaviour:
     missing = sorted(_KEYS - table.keys())
     if missing:
         raise CatalogueError(f"{where}: missing key(s) {', '.join(missing)}")
-    unknown = sorted(table.keys() - _KEYS)
+    unknown = sorted(table.keys() - _KEYS - _OPTIONAL_KEYS)
     if unknown:
         raise CatalogueError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
@@ -119,7 +124,16 @@ def _parse_entry(index: int, table: object) -> Behaviour:
     if len(set(backends)) != len(backends):
         raise CatalogueError(f"{where}: not_implemented lists a backend twice")
 
+    tests = table.get("tests", [])
+    if not isinstance(tests, list) or not all(
+        isinstance(node, str) and "::" in node for node in tests
+    ):
+        raise CatalogueError(
+            f"{where}: tests must be a list of pytest node IDs ('file::test')"
+        )
+
     return Behaviour(
+        tests=tuple(tests),
         id=ident,
         api=table["api"],
         statement=table["statement"],

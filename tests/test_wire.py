@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ref.protocol.codec import CloudpickleCodec
@@ -242,7 +242,7 @@ def test_wrong_cookie_raises_and_nothing_is_unpickled() -> None:
     codec = RecordingCodec()
     acceptor = WireConnection(Role.ACCEPTOR, COOKIE, codec)
     acceptor.receive_data(wrong_cookie_then(tripwire_frame("wrong-cookie")))
-    with pytest.raises(AuthenticationError, match="invalid connection credentials"):
+    with pytest.raises(AuthenticationError, match="Invalid connection credentials"):
         acceptor.next_event()
     assert acceptor.state is WireState.ERROR
     with pytest.raises(ProtocolError):
@@ -270,6 +270,7 @@ def test_wrong_cookie_is_refused_without_waiting_for_the_version() -> None:
         acceptor.next_event()
 
 
+@settings(deadline=None)  # pure CPU; timing varies under load
 @given(st.binary(min_size=COOKIE_LENGTH, max_size=COOKIE_LENGTH))
 def test_any_other_cookie_is_refused(cookie: bytes) -> None:
     acceptor = WireConnection(Role.ACCEPTOR, COOKIE, CloudpickleCodec())
@@ -289,7 +290,7 @@ def test_eof_inside_the_cookie_is_an_authentication_error(sent: bytes) -> None:
         acceptor.receive_data(sent)
         assert acceptor.next_event() is NEED_DATA
     acceptor.receive_data(b"")
-    with pytest.raises(AuthenticationError, match="cookie read failed"):
+    with pytest.raises(AuthenticationError, match="Cookie read failed"):
         acceptor.next_event()
     assert acceptor.state is WireState.ERROR
 
@@ -300,7 +301,7 @@ def test_eof_inside_the_version_is_an_authentication_error(version_bytes: int) -
     acceptor.receive_data(COOKIE + pad_version("v")[:version_bytes])
     assert acceptor.next_event() is NEED_DATA
     acceptor.receive_data(b"")
-    with pytest.raises(AuthenticationError, match="version read failed"):
+    with pytest.raises(AuthenticationError, match="Version read failed"):
         acceptor.next_event()
 
 
@@ -309,7 +310,7 @@ def test_initiator_eof_before_the_version_is_a_protocol_error() -> None:
     initiator.receive_data(b"dist")
     assert initiator.next_event() is NEED_DATA
     initiator.receive_data(b"")
-    with pytest.raises(ProtocolError, match="version read failed"):
+    with pytest.raises(ProtocolError, match="Version read failed"):
         initiator.next_event()
     assert initiator.state is WireState.ERROR
 
@@ -369,6 +370,7 @@ def feed_in_pieces(data: bytes, cuts: list[int]) -> list[Event]:
     return out
 
 
+@settings(deadline=None)  # pure CPU; timing varies under load
 @given(st.data())
 def test_conversation_in_random_splits_yields_the_same_events(
     data: st.DataObject,

@@ -176,17 +176,17 @@ class WireConnection:
         need = COOKIE_LENGTH + VERSION_LENGTH
         if len(self._raw) < COOKIE_LENGTH and self._eof:
             self.state = WireState.ERROR
-            raise AuthenticationError("cookie read failed: connection closed by peer")
+            raise AuthenticationError("Cookie read failed. Connection closed by peer.")
         if len(self._raw) >= COOKIE_LENGTH and not hmac.compare_digest(
             bytes(self._raw[:COOKIE_LENGTH]), self._cookie
         ):
             self.state = WireState.ERROR
-            raise AuthenticationError("invalid connection credentials sent by remote")
+            raise AuthenticationError("Invalid connection credentials sent by remote.")
         if len(self._raw) < need:
             if self._eof:
                 self.state = WireState.ERROR
                 raise AuthenticationError(
-                    "version read failed: connection closed by peer"
+                    "Version read failed. Connection closed by peer."
                 )
             return NEED_DATA
 
@@ -200,7 +200,7 @@ class WireConnection:
         if len(self._raw) < VERSION_LENGTH:
             if self._eof:
                 self.state = WireState.ERROR
-                raise ProtocolError("version read failed: connection closed by peer")
+                raise ProtocolError("Version read failed. Connection closed by peer.")
             return NEED_DATA
 
         self.peer_version = (

@@ -1,0 +1,179 @@
+"""The command line: ``python -m sim list | run | sweep``.
+
+``run`` runs one scenario with one seed and prints how it ended; ``sweep``
+runs a range of seeds and stops at the first failure, printing the command
+that reproduces it.  Both exit with status 1 when a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import TextIO
+
+from ._faults import FaultPlan
+from ._run import RunResult, sole
+from .scenarios import SCENARIOS, run_builtin
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return _list(sys.stdout)
+    try:
+        faults = FaultPlan.parse(args.faults) if args.faults else None
+    except ValueError as exc:
+        parser.error(f"--faults: {exc}")
+    if args.scenario not in SCENARIOS:
+        parser.error(
+            f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)} "
+            "(see 'python -m sim list')"
+        )
+    if args.command == "run":
+        return _run(args, faults, sys.stdout)
+    return _sweep(args, faults, sys.stdout, sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim", description="Run distref's simulated scenarios."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the built-in scenarios")
+
+    run = commands.add_parser("run", help="run one scenario with one seed")
+    _common(run)
+    run.add_argument("--seed", type=int, required=True, help="the run's seed")
+    run.add_argument("--trace", metavar="FILE", help="write the trace to FILE")
+
+    sweep = commands.add_parser("sweep", help="run one scenario over many seeds")
+    _common(sweep)
+    sweep.add_argument(
+        "--seeds",
+        type=_seed_range,
+        required=True,
+        metavar="A..B",
+        help="the seeds to run, both ends included",
+    )
+    sweep.add_argument(
+        "--keep-going", action="store_true", help="run every seed, report all failures"
+    )
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", help="a scenario name from 'python -m sim list'")
+    parser.add_argument("--workers", type=int, help="how many workers to add")
+    parser.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="extra faults, e.g. 'crash:pid=2,at=1.5;partition:pids=3,heal=10'",
+    )
+
+
+def _seed_range(text: str) -> range:
+    low, sep, high = text.partition("..")
+    try:
+        first = int(low)
+        last = int(high) if sep else first
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not A..B") from None
+    if last < first:
+        raise argparse.ArgumentTypeError(f"{text!r}: B is below A")
+    return range(first, last + 1)
+
+
+def _list(out: TextIO) -> int:
+    width = max(len(name) for name in SCENARIOS)
+    for scenario in SCENARIOS.values():
+        out.write(
+            f"{scenario.name:<{width}}  {scenario.summary} "
+            f"(default {scenario.workers} workers)\n"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace, faults: FaultPlan | None, out: TextIO) -> int:
+    began = time.perf_counter()
+    result = run_builtin(
+        args.scenario,
+        seed=args.seed,
+        workers=args.workers,
+        faults=faults,
+        trace=args.trace,
+    )
+    wall = time.perf_counter() - began
+
+    verdict = "ok" if result.ok else f"FAIL: {_describe(result)}"
+    out.write(f"{args.scenario} seed {args.seed}: {verdict}\n")
+    out.write(
+        f"virtual time {result.virtual_ns / 1e9:.6f} s, "
+        f"{result.deliveries} deliveries, wall {wall:.3f} s\n"
+    )
+    if args.trace:
+        out.write(f"trace {args.trace}: sha256 {result.trace.digest()}\n")
+    if result.error is not None:
+        traceback.print_exception(sole(result.error), file=out)
+        return 1
+    return 0
+
+
+def _sweep(
+    args: argparse.Namespace, faults: FaultPlan | None, out: TextIO, err: TextIO
+) -> int:
+    seeds: range = args.seeds
+    progress = err.isatty()
+    failed: list[RunResult[None]] = []
+    began = time.perf_counter()
+
+    for done, seed in enumerate(seeds, start=1):
+        result = run_builtin(
+            args.scenario, seed=seed, workers=args.workers, faults=faults
+        )
+        if progress:
+            err.write(f"\r{args.scenario}: {done}/{len(seeds)} seeds, seed {seed}")
+            err.flush()
+        if result.ok:
+            continue
+        failed.append(result)
+        if progress:
+            err.write("\n")
+        out.write(f"seed {seed}: FAIL: {_describe(result)}\n")
+        out.write(f"reproduce: {_command(args, seed)}\n")
+        if not args.keep_going:
+            break
+
+    if progress:
+        err.write("\n")
+    wall = time.perf_counter() - began
+    ran = done if seeds else 0
+    out.write(
+        f"{args.scenario}: {ran - len(failed)} of {ran} seeds passed "
+        f"in {wall:.2f} s wall\n"
+    )
+    if failed:
+        out.write(f"first failing seed: {failed[0].seed}\n")
+        return 1
+    return 0
+
+
+def _describe(result: RunResult[None]) -> str:
+    error = sole(result.error) if result.error is not None else None
+    if error is None:
+        return "ok"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _command(args: argparse.Namespace, seed: int) -> str:
+    words = ["python", "-m", "sim", "run", args.scenario, "--seed", str(seed)]
+    if args.workers is not None:
+        words += ["--workers", str(args.workers)]
+    if args.faults:
+        words += ["--faults", args.faults]
+    words += ["--trace", f"{args.scenario}-{seed}.jsonl"]
+    return shlex.join(words)

@@ -1,0 +1,787 @@
+"""The simulated network: connections between nodes, as ordered byte streams.
+
+The runtime assumes TCP, so this is what is modelled: connections, not
+datagrams.  A connection has two directions; each carries a byte stream in
+order, without loss or duplication, until the connection breaks.  What the
+runtime reads and writes are ``SimStream`` objects, trio streams like the
+TCP ones, so the real framing and handshake run over them unchanged.
+
+Theory of operation:
+
+* every ``send_all`` is one *chunk*.  Its arrival time is the time it
+  finished serialising (``bandwidth``; one chunk after another per
+  direction) plus a latency drawn from the link's distribution, and never
+  earlier than the previous chunk of the same direction: delivery is FIFO
+  per direction, and reordering happens only across connections;
+* one *pump* task holds every chunk in flight in a heap keyed by
+  (arrival ns, sequence number) and, when virtual time reaches the head,
+  appends the bytes to the receiver's buffer and wakes its reader;
+* a chunk that would cross a partition, or follows one that is held, is
+  held on its direction (the connection stalls) and released, in order,
+  when the partition heals; a partition that lasts ``break_after`` seconds
+  resets the connections across it, as keep-alive expiry would;
+* a connection ends cleanly with an end-of-file marker that travels like a
+  chunk (after the data before it), or breaks with a reset: a reset from a
+  crashed node travels to the peer after what was already in flight; a
+  reset injected as a fault breaks both ends at once.
+
+Everything that iterates does so over lists in creation order, and every
+draw comes from the network's own seeded generator, so the schedule of
+deliveries is a function of the seed.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import math
+import operator
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import trio
+
+from ref._seams import StreamHandler
+from ref.protocol.framing import FrameDecoder, encode_frame
+from ref.protocol.messages import Header
+
+from ._config import NetworkConfig, to_ns
+from ._node import MessageNote, Node
+from ._trace import Trace, now_ns
+
+log = logging.getLogger("sim")
+
+#: The host name every simulated process listens on.  Ports are unique
+#: across the whole simulated network, so one name serves all.
+SIM_HOST = "sim"
+
+#: The first port handed out; simulated ports count up from here.
+FIRST_PORT = 9000
+
+# Bytes a frame adds around its body; learnt from the real framing code.
+_FRAME_OVERHEAD = len(encode_frame(Header(), b""))
+
+_DATA = "data"
+
+_Described = tuple[MessageNote | None, tuple[list[int], list[int]] | None]
+_EOF = "eof"
+_RESET = "reset"
+
+
+class _Chunk:
+    """One piece of a direction's stream, in flight or held."""
+
+    __slots__ = ("data", "direction", "kind", "note", "rrids")
+
+    def __init__(
+        self,
+        direction: _Direction,
+        kind: str,
+        data: bytes = b"",
+        note: MessageNote | None = None,
+        rrids: tuple[list[int], list[int]] | None = None,
+    ) -> None:
+        self.direction = direction
+        self.kind = kind
+        self.data = data
+        self.note = note
+        self.rrids = rrids
+
+
+class _Direction:
+    """One direction of a connection: the bytes from ``src`` to ``dst``."""
+
+    __slots__ = (
+        "broken",
+        "buffer",
+        "busy_until",
+        "conn",
+        "dst",
+        "eof",
+        "eof_sent",
+        "held",
+        "last_arrival",
+        "lot",
+        "reader_closed",
+        "send_lot",
+        "src",
+        "unread",
+    )
+
+    def __init__(self, conn: Connection, src: Node, dst: Node) -> None:
+        self.conn = conn
+        self.src = src
+        self.dst = dst
+        self.buffer = bytearray()
+        self.eof = False
+        self.broken = False
+        self.eof_sent = False
+        self.reader_closed = False
+        self.held: list[_Chunk] = []
+        self.lot = trio.lowlevel.ParkingLot()
+        self.send_lot = trio.lowlevel.ParkingLot()
+        self.unread = 0
+        self.last_arrival = 0
+        self.busy_until = 0
+
+    def wake(self) -> None:
+        """Wake whoever waits to read from, or write to, this direction."""
+        self.lot.unpark_all()
+        self.send_lot.unpark_all()
+
+    def consumed(self, size: int) -> None:
+        """``size`` bytes left the window: read, or dropped on the way."""
+        self.unread = max(0, self.unread - size)
+        self.send_lot.unpark_all()
+
+
+class Connection:
+    """A connection between ``initiator`` and ``acceptor``, and its two ends."""
+
+    def __init__(self, ident: int, initiator: Node, acceptor: Node) -> None:
+        self.id = ident
+        self.initiator = initiator
+        self.acceptor = acceptor
+        self.forward = _Direction(self, initiator, acceptor)
+        self.backward = _Direction(self, acceptor, initiator)
+        self.reset_sent = False
+
+    def directions(self) -> tuple[_Direction, _Direction]:
+        return self.forward, self.backward
+
+
+class SimStream(trio.abc.HalfCloseableStream):
+    """One end of a simulated connection, as the runtime sees it.
+
+    Errors follow trio's sockets: ``ClosedResourceError`` after this end was
+    closed, ``BrokenResourceError`` once the connection was reset, ``b""``
+    from ``receive_some`` at the peer's end of file.  Two tasks using the
+    same direction at once get ``BusyResourceError``.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        node: Node,
+        conn: Connection,
+        out: _Direction,
+        inp: _Direction,
+    ) -> None:
+        self._network = network
+        self.node = node
+        self.conn = conn
+        self._out = out
+        self._in = inp
+        self.closed = False
+        self._sending = False
+        self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is writing to this stream")
+        self._sending = True
+        try:
+            # Claimed before the first checkpoint: another task of this
+            # process may encode its own message while this one waits.
+            described = self._network.describe(self.node, data)
+            await self.node.step()
+            self._check_writable()
+            await self._wait_for_window(len(data))
+            if data:
+                self._network.send(self, self._out, bytes(data), described)
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is writing to this stream")
+        self._sending = True
+        try:
+            await self.node.step()
+            self._check_writable()
+            await self._wait_for_window(1)
+        finally:
+            self._sending = False
+
+    async def _wait_for_window(self, size: int) -> None:
+        # Like a full socket buffer: wait until the reader has caught up.
+        # A chunk bigger than the window goes alone into an empty one.
+        out = self._out
+        window = self._network.config.window
+        while out.unread > 0 and out.unread + size > window:
+            await out.send_lot.park()
+            self._check_writable()
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is writing to this stream")
+        self._sending = True
+        try:
+            await self.node.step()
+            if self.closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            if not self._out.eof_sent:
+                self._network.finish(self, self._out)
+        finally:
+            self._sending = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes={max_bytes!r} must be at least 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is reading this stream")
+        self._receiving = True
+        try:
+            await self.node.step()
+            return await self._receive(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        inp = self._in
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            if inp.buffer and not self.node.hung:
+                size = len(inp.buffer) if max_bytes is None else max_bytes
+                data = bytes(inp.buffer[:size])
+                del inp.buffer[:size]
+                inp.consumed(len(data))
+                return data
+            if inp.broken:
+                raise trio.BrokenResourceError("connection reset by peer")
+            if inp.eof and not self.node.hung:
+                return b""
+            if self.node.hung:
+                await self.node.step()
+            else:
+                await inp.lot.park()
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._network.close_end(self)
+        await trio.lowlevel.checkpoint()
+
+    def _check_writable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        if self._out.broken:
+            raise trio.BrokenResourceError("connection reset by peer")
+        if self._out.eof_sent:
+            raise trio.ClosedResourceError("send_eof() was called on this stream")
+
+    # The network's view of this end.
+
+    @property
+    def out(self) -> _Direction:
+        return self._out
+
+    @property
+    def inp(self) -> _Direction:
+        return self._in
+
+
+@dataclass
+class Listener:
+    """A listening port of a node; accepted streams go to ``channel``."""
+
+    node: Node
+    host: str
+    port: int
+    channel: trio.MemorySendChannel[SimStream]
+
+
+class _CallLog:
+    """Pairs call messages with their results, for the trace's history.
+
+    A call that expects an answer (``remotecall_fetch``, ``remotecall_wait``
+    and the runtime's own fetches) is open from the frame that carries it
+    until the frame with its result reaches the caller, or until the
+    connection it travelled on ends first (outcome ``lost``).
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        self._trace = trace
+        self._open: dict[tuple[int, int, int], tuple[int, int]] = {}
+
+    def sent(self, conn: Connection, src: Node, dst: Node, chunk: _Chunk) -> None:
+        note = chunk.note
+        if note is None or chunk.rrids is None:
+            return
+        response, notify = chunk.rrids
+        if note.kind in ("CallMsg", "CallWaitMsg", "RemoteDoMsg"):
+            waits = notify[1] != 0
+            rrid = notify if waits else response
+            self._trace.event(
+                "call_start",
+                caller=src.pid,
+                callee=dst.pid,
+                f=note.function,
+                mode=note.mode or note.kind,
+                rrid=rrid,
+                conn=conn.id,
+            )
+            if waits:
+                self._open[(src.pid, notify[0], notify[1])] = (dst.pid, conn.id)
+
+    def delivered(self, src: Node, dst: Node, chunk: _Chunk) -> None:
+        note = chunk.note
+        if note is None or chunk.rrids is None or note.kind != "ResultMsg":
+            return
+        response = chunk.rrids[0]
+        if self._open.pop((dst.pid, response[0], response[1]), None) is not None:
+            self._trace.event(
+                "call_end",
+                caller=dst.pid,
+                callee=src.pid,
+                rrid=response,
+                outcome=note.outcome,
+            )
+
+    def lost(self, conn: Connection) -> None:
+        """The connection ended: calls still open on it will get no answer."""
+        for key, (callee, conn_id) in list(self._open.items()):
+            if conn_id == conn.id:
+                del self._open[key]
+                self._trace.event(
+                    "call_end",
+                    caller=key[0],
+                    callee=callee,
+                    rrid=[key[1], key[2]],
+                    outcome="lost",
+                )
+
+
+class Network:
+    """Every connection, listener and chunk in flight of one cluster."""
+
+    def __init__(
+        self,
+        *,
+        config: NetworkConfig,
+        rng: random.Random,
+        trace: Trace,
+        on_delivery: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self._rng = rng
+        self._trace = trace
+        self._on_delivery = on_delivery
+        self._calls = _CallLog(trace)
+
+        self.connections: list[Connection] = []
+        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.deliveries = 0
+        self._ports = itertools.count(FIRST_PORT)
+
+        self._heap: list[tuple[int, int, _Chunk]] = []
+        self._seq = itertools.count()
+        self._pump_scope: trio.CancelScope | None = None
+
+        self._partitions: list[frozenset[int]] = []
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------- routing
+
+    def blocked(self, a: Node, b: Node) -> bool:
+        """Whether a partition separates ``a`` from ``b`` right now."""
+        return any((a.pid in side) != (b.pid in side) for side in self._partitions)
+
+    def has_partition(self, side: frozenset[int]) -> bool:
+        return side in self._partitions
+
+    def partitions(self) -> list[frozenset[int]]:
+        """The partitions in place, oldest first."""
+        return list(self._partitions)
+
+    def add_partition(self, side: frozenset[int]) -> None:
+        self._partitions.append(side)
+        self._topology_changed()
+
+    def remove_partition(self, side: frozenset[int]) -> None:
+        """Heal one partition and release what it held, in order."""
+        if side in self._partitions:
+            self._partitions.remove(side)
+        self._topology_changed()
+        for conn in self.connections:
+            for direction in conn.directions():
+                self._release(direction)
+
+    def _topology_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _release(self, direction: _Direction) -> None:
+        if not direction.held or self.blocked(direction.src, direction.dst):
+            return
+        held, direction.held = direction.held, []
+        for chunk in held:
+            arrival = self._enqueue(chunk)
+            self._trace.event(
+                "release", conn=direction.conn.id, chunk=chunk.kind, at=arrival
+            )
+
+    # ----------------------------------------------------------- listening
+
+    async def listen(
+        self, node: Node, host: str, handler: StreamHandler, nursery: trio.Nursery
+    ) -> tuple[str, int]:
+        """Open a port on ``node``; each accepted stream runs ``handler``."""
+        port = next(self._ports)
+        send, receive = trio.open_memory_channel[SimStream](math.inf)
+        listener = Listener(node, host, port, send)
+        self.listeners[(host, port)] = listener
+        node.listeners.append(listener)
+        self._trace.event("listen", node=node.name, pid=node.pid, port=port)
+
+        # The accept loop runs in the listener's nursery, so each handler
+        # starts from the listening process's task context.
+        nursery.start_soon(_accept_loop, receive, handler, nursery)
+        await trio.lowlevel.checkpoint()
+        return host, port
+
+    def close_listeners(self, node: Node) -> None:
+        for listener in node.listeners:
+            self.listeners.pop((listener.host, listener.port), None)
+            listener.channel.close()
+        node.listeners.clear()
+
+    async def connect(self, node: Node, host: str, port: int) -> SimStream:
+        """Open a connection from ``node`` to the listener at ``host:port``.
+
+        Takes a round trip of virtual time.  Refused (``OSError``) when
+        nothing listens there; times out (``OSError``) after
+        ``connect_timeout`` when a partition stands in the way.
+        """
+        await node.step()
+        listener = self.listeners.get((host, port))
+        if listener is None:
+            await trio.sleep(self._draw_latency(node, None))
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"nothing listens on {host}:{port}"
+            )
+        peer = listener.node
+        await self._wait_route(node, peer, host, port)
+
+        # The handshake's first leg: the peer learns of us after one trip.
+        await trio.sleep(self._draw_latency(node, peer))
+        listener = self.listeners.get((host, port))
+        if listener is None or node.dead or self.blocked(node, peer):
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"connection to {host}:{port} refused"
+            )
+        conn = Connection(len(self.connections) + 1, node, peer)
+        self.connections.append(conn)
+        mine = SimStream(self, node, conn, conn.forward, conn.backward)
+        theirs = SimStream(self, peer, conn, conn.backward, conn.forward)
+        node.endpoints.append(mine)
+        peer.endpoints.append(theirs)
+        self._trace.event(
+            "connect",
+            conn=conn.id,
+            src=node.pid,
+            dst=peer.pid,
+            src_node=node.name,
+            dst_node=peer.name,
+            port=port,
+        )
+        listener.channel.send_nowait(theirs)
+
+        await trio.sleep(self._draw_latency(peer, node))
+        return mine
+
+    async def _wait_route(self, node: Node, peer: Node, host: str, port: int) -> None:
+        timeout = self.config.connect_timeout
+        with trio.move_on_after(timeout):
+            while self.blocked(node, peer):
+                await self._changed.wait()
+            return
+        raise TimeoutError(
+            errno.ETIMEDOUT,
+            f"connection to {host}:{port} timed out after {timeout:g} s "
+            "(a partition is in the way)",
+        )
+
+    # ------------------------------------------------------------- sending
+
+    def describe(self, node: Node, data: bytes | bytearray | memoryview) -> _Described:
+        """What the frame ``node`` is about to write carries, for the trace."""
+        if not self._trace.enabled:
+            return None, None
+        note = node.take_note(len(data), _FRAME_OVERHEAD)
+        if note is None:
+            return None, None
+        return note, _frame_rrids(bytes(data))
+
+    def send(
+        self, end: SimStream, direction: _Direction, data: bytes, described: _Described
+    ) -> None:
+        """Put one chunk written by ``end`` on the wire."""
+        src, dst = direction.src, direction.dst
+        note, rrids = described
+        if src.dead:
+            self._trace.event(
+                "drop", conn=end.conn.id, src=src.pid, dst=dst.pid, why="sender dead"
+            )
+            return
+
+        chunk = _Chunk(direction, _DATA, data, note, rrids)
+        direction.unread += len(data)
+        arrival = self._route(chunk)
+        if self._trace.enabled:
+            fields = _note_fields(note, rrids)
+            self._trace.event(
+                "send",
+                conn=end.conn.id,
+                src=src.pid,
+                dst=dst.pid,
+                bytes=len(data),
+                at=arrival,
+                **fields,
+            )
+            self._calls.sent(end.conn, src, dst, chunk)
+
+    def finish(self, end: SimStream, direction: _Direction) -> None:
+        """Send end-of-file after everything written so far."""
+        direction.eof_sent = True
+        if end.node.dead or direction.broken:
+            return
+        arrival = self._route(_Chunk(direction, _EOF))
+        self._trace.event(
+            "send_eof",
+            conn=end.conn.id,
+            src=direction.src.pid,
+            dst=direction.dst.pid,
+            at=arrival,
+        )
+
+    def close_end(self, end: SimStream) -> None:
+        """``end`` was closed by its process: end-of-file to the peer."""
+        # Nothing will ever be read here again: a writer waiting for room
+        # goes ahead, and what it writes earns it a reset.
+        end.inp.reader_closed = True
+        end.inp.buffer.clear()
+        end.inp.unread = 0
+        end.inp.wake()
+        end.out.wake()
+        if not end.out.eof_sent:
+            self.finish(end, end.out)
+
+    def _route(self, chunk: _Chunk) -> int | None:
+        """Hold ``chunk`` if its path is cut (None), else put it in flight."""
+        direction = chunk.direction
+        if direction.held or self.blocked(direction.src, direction.dst):
+            direction.held.append(chunk)
+            return None
+        return self._enqueue(chunk)
+
+    def _enqueue(self, chunk: _Chunk) -> int:
+        """Give ``chunk`` its arrival time and put it in flight."""
+        direction = chunk.direction
+        now = now_ns()
+        latency, bandwidth = self.config.link(direction.src.pid, direction.dst.pid)
+
+        start = max(now, direction.busy_until)
+        if bandwidth is not None and chunk.data:
+            direction.busy_until = start + to_ns(len(chunk.data) / bandwidth)
+        else:
+            direction.busy_until = start
+        delay = to_ns(latency.draw(self._rng))
+        arrival = max(direction.busy_until + delay, direction.last_arrival)
+        direction.last_arrival = arrival
+
+        heapq.heappush(self._heap, (arrival, next(self._seq), chunk))
+        scope = self._pump_scope
+        if scope is not None and arrival / 1e9 < scope.deadline:
+            scope.deadline = arrival / 1e9
+        return arrival
+
+    def _draw_latency(self, a: Node, b: Node | None) -> float:
+        latency, _ = self.config.link(a.pid, a.pid if b is None else b.pid)
+        return latency.draw(self._rng)
+
+    # ------------------------------------------------------------ delivery
+
+    async def pump(self) -> None:
+        """Deliver chunks as virtual time reaches them; runs until cancelled."""
+        while True:
+            deadline = self._heap[0][0] / 1e9 if self._heap else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._pump_scope = scope
+                await trio.sleep_forever()
+            self._pump_scope = None
+
+            # Compare in seconds, as trio did when it woke us, so a rounding
+            # difference cannot leave a due chunk behind.
+            now = trio.current_time()
+            while self._heap and self._heap[0][0] / 1e9 <= now:
+                _, _, chunk = heapq.heappop(self._heap)
+                self._deliver(chunk)
+
+    def _deliver(self, chunk: _Chunk) -> None:
+        direction = chunk.direction
+        conn = direction.conn
+        src, dst = direction.src, direction.dst
+
+        if direction.broken:
+            self._trace.event(
+                "drop", conn=conn.id, src=src.pid, dst=dst.pid, why="reset"
+            )
+            return
+        if dst.dead:
+            self._trace.event(
+                "drop", conn=conn.id, src=src.pid, dst=dst.pid, why="receiver dead"
+            )
+            direction.consumed(len(chunk.data))
+            return
+        if direction.held or self.blocked(src, dst):
+            direction.held.append(chunk)
+            self._trace.event("stall", conn=conn.id, src=src.pid, dst=dst.pid)
+            return
+
+        if chunk.kind == _DATA:
+            self._deliver_data(chunk)
+        elif chunk.kind == _EOF:
+            direction.eof = True
+            self._trace.event("eof", conn=conn.id, src=src.pid, dst=dst.pid)
+            self._calls.lost(conn)
+        else:
+            self._break(conn, why="reset by peer")
+        direction.wake()
+
+    def _deliver_data(self, chunk: _Chunk) -> None:
+        direction = chunk.direction
+        src, dst = direction.src, direction.dst
+        if direction.reader_closed:
+            self._trace.event(
+                "drop", conn=direction.conn.id, src=src.pid, dst=dst.pid, why="closed"
+            )
+            direction.consumed(len(chunk.data))
+            # Data for a closed socket makes its kernel answer with a reset,
+            # so the writer learns, one trip later, that nobody reads.
+            conn = direction.conn
+            if not conn.reset_sent:
+                conn.reset_sent = True
+                reverse = conn.backward if direction is conn.forward else conn.forward
+                self._route(_Chunk(reverse, _RESET))
+            return
+
+        direction.buffer += chunk.data
+        self.deliveries += 1
+        if self._trace.enabled:
+            fields = _note_fields(chunk.note, chunk.rrids)
+            self._trace.event(
+                "deliver",
+                conn=direction.conn.id,
+                src=src.pid,
+                dst=dst.pid,
+                bytes=len(chunk.data),
+                **fields,
+            )
+            self._calls.delivered(src, dst, chunk)
+        self._on_delivery()
+
+    # -------------------------------------------------------------- faults
+
+    def reset(self, conn: Connection, why: str) -> None:
+        """Break ``conn`` at both ends now; what was in flight is lost."""
+        if conn.forward.broken and conn.backward.broken:
+            return
+        self._break(conn, why)
+
+    def _break(self, conn: Connection, why: str) -> None:
+        self._trace.event(
+            "reset",
+            conn=conn.id,
+            a=conn.initiator.pid,
+            b=conn.acceptor.pid,
+            why=why,
+        )
+        for direction in conn.directions():
+            direction.broken = True
+            direction.buffer.clear()
+            direction.held.clear()
+            direction.unread = 0
+            direction.wake()
+        self._calls.lost(conn)
+
+    def crash(self, node: Node) -> None:
+        """Silence ``node``: resets travel to its peers, its ports close.
+
+        Called before the node's tasks are cancelled, so whatever their
+        cleanup tries to send is dropped.
+        """
+        node.dead = True
+        self.close_listeners(node)
+        for end in node.endpoints:
+            out = end.out
+            if end.closed or out.broken:
+                continue
+            # Resets follow what was already in flight, like a kernel's RST.
+            end.conn.reset_sent = True
+            self._route(_Chunk(out, _RESET))
+        node.endpoints.clear()
+
+    def node_exited(self, node: Node) -> None:
+        """``node``'s process ended: the OS closes whatever it left open."""
+        self.close_listeners(node)
+        for end in node.endpoints:
+            if not end.closed:
+                end.closed = True
+                if not node.dead:
+                    self.close_end(end)
+        node.endpoints.clear()
+
+    def connections_of(self, a: int, b: int) -> Iterator[Connection]:
+        """Open connections between pids ``a`` and ``b``, oldest first."""
+        pair = {a, b}
+        for conn in self.connections:
+            if {conn.initiator.pid, conn.acceptor.pid} == pair and not (
+                conn.forward.broken and conn.backward.broken
+            ):
+                yield conn
+
+
+async def _accept_loop(
+    receive: trio.MemoryReceiveChannel[SimStream],
+    handler: StreamHandler,
+    nursery: trio.Nursery,
+) -> None:
+    async with receive:
+        async for stream in receive:
+            nursery.start_soon(handler, stream)
+
+
+def _frame_rrids(data: bytes) -> tuple[list[int], list[int]] | None:
+    """The header RRIDs of the single frame ``data`` holds, for the trace."""
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    try:
+        frame = decoder.next_frame()
+    except Exception:
+        return None
+    if frame is None:
+        return None
+    header = frame.header
+    return list(header.response), list(header.notify)
+
+
+def _note_fields(
+    note: MessageNote | None, rrids: tuple[list[int], list[int]] | None
+) -> dict[str, object]:
+    if note is None:
+        return {}
+    fields: dict[str, object] = {"msg": note.kind}
+    if note.function is not None:
+        fields["f"] = note.function
+    if note.outcome is not None:
+        fields["outcome"] = note.outcome
+    if rrids is not None:
+        fields["rsp"], fields["ntf"] = rrids
+    return fields

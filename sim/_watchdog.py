@@ -1,0 +1,115 @@
+"""Stop a simulated run that can no longer make progress.
+
+Under ``MockClock`` with autojump a run has two ways to get stuck that a
+real run would show as a hang:
+
+* deadlock: every task waits, and nothing is scheduled (no deadline, no
+  callback): virtual time cannot advance, and trio would spin at the same
+  instant for ever;
+* livelock: tasks keep running (say, a loop around ``trio.sleep(0)``) but
+  virtual time never advances, so no timeout can ever fire.
+
+``Watchdog`` is a trio instrument that looks at the scheduler after every
+I/O wait.  When it sees either condition it records a verdict, with the
+tasks and where each waits, and cancels the run's main scope; ``sim.run``
+then raises ``SimulationStuck``.  It observes only trio's public
+statistics, so it cannot change what the run does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+#: Loop iterations that may pass at one virtual instant before the run is
+#: called a livelock.  A sleep(0) loop reaches it in a few wall seconds.
+MAX_ITERATIONS_PER_INSTANT = 1_000_000
+
+#: Consecutive idle iterations with nothing scheduled that make a deadlock.
+#: More than one, because a task in ``wait_all_tasks_blocked`` is woken
+#: only by the iteration that finds everything idle.
+_IDLE_ITERATIONS = 3
+
+#: Iterations at one instant before the scheduler's statistics are read:
+#: busy instants are common, stuck ones are not.
+_QUIET_ITERATIONS = 64
+
+#: At most this many tasks are listed in a verdict.
+_MAX_TASKS_SHOWN = 25
+
+
+class SimulationStuck(RuntimeError):
+    """The simulated run deadlocked or stopped advancing virtual time."""
+
+
+class Watchdog(trio.abc.Instrument):
+    """Watches one run's scheduler for deadlock and livelock."""
+
+    def __init__(self, max_iterations: int = MAX_ITERATIONS_PER_INSTANT) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.verdict: str | None = None
+        self._max_iterations = max_iterations
+        self._idle = 0
+        self._instant = -math.inf
+        self._iterations = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        if self.verdict is not None or self.scope is None:
+            return
+        now = trio.current_time()
+        if now != self._instant:
+            self._instant = now
+            self._iterations = 0
+            self._idle = 0
+            return
+
+        # Time stands still: only then can the run be stuck, and only then
+        # is it worth asking the scheduler for its statistics.
+        self._iterations += 1
+        if self._iterations < _QUIET_ITERATIONS:
+            return
+        if self._iterations > self._max_iterations:
+            self._trip(
+                f"livelock: {self._iterations} scheduler iterations at virtual "
+                f"time {now:.9f} s without time advancing (a task loops without "
+                "waiting for anything?)"
+            )
+            return
+
+        stats = trio.lowlevel.current_statistics()
+        stalled = (
+            stats.tasks_runnable == 0
+            and stats.run_sync_soon_queue_size == 0
+            and stats.seconds_to_next_deadline == math.inf
+        )
+        self._idle = self._idle + 1 if stalled else 0
+        if self._idle >= _IDLE_ITERATIONS:
+            self._trip(
+                f"deadlock at virtual time {now:.9f} s: every task is waiting "
+                "and nothing is scheduled to wake any of them"
+            )
+
+    def _trip(self, verdict: str) -> None:
+        self.verdict = f"{verdict}\n{_task_report()}"
+        assert self.scope is not None
+        self.scope.cancel()
+
+
+def _task_report() -> str:
+    """The run's tasks, each with the innermost place it waits."""
+    lines: list[str] = []
+    root = trio.lowlevel.current_root_task()
+    stack = [] if root is None else [root]
+    while stack and len(lines) < _MAX_TASKS_SHOWN:
+        task = stack.pop(0)
+        # The innermost frame outside trio says what the task waits for.
+        where = "?"
+        for frame, lineno in task.iter_await_frames():
+            module = str(frame.f_globals.get("__name__", "?"))
+            if module != "trio" and not module.startswith("trio."):
+                where = f"{module}.{frame.f_code.co_name}:{lineno}"
+        lines.append(f"  {task.name}  waiting in {where}")
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return "tasks:\n" + "\n".join(lines)

@@ -1,0 +1,267 @@
+"""The simulated network: streams that behave like trio's TCP streams.
+
+These tests drive ``sim._network`` directly, inside ``sim.run`` (for the
+virtual clock), with bare nodes and no runtime on top.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+import sim
+from sim._config import Constant, LinkConfig, LogNormal, NetworkConfig, Uniform
+from sim._network import SIM_HOST, Network, SimStream
+from sim._node import Node
+from sim._trace import Trace
+
+
+@asynccontextmanager
+async def _network(config: NetworkConfig) -> AsyncIterator[Network]:
+    net = Network(
+        config=config,
+        rng=random.Random(1),
+        trace=Trace(enabled=True, scenario="test", seed=0),
+        on_delivery=lambda: None,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.pump)
+        yield net
+        nursery.cancel_scope.cancel()
+
+
+async def _pair(net: Network, a: Node, b: Node) -> tuple[SimStream, SimStream]:
+    """A connection from ``a`` to a fresh listener on ``b``: both ends."""
+    send, receive = trio.open_memory_channel[SimStream](1)
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        assert isinstance(stream, SimStream)
+        await send.send(stream)
+
+    async with trio.open_nursery() as nursery:
+        host, port = await net.listen(b, SIM_HOST, handler, nursery)
+        mine = await net.connect(a, host, port)
+        theirs = await receive.receive()
+        nursery.cancel_scope.cancel()
+    return mine, theirs
+
+
+def _nodes(*pids: int) -> list[Node]:
+    return [Node(i, f"n{pid}", 1000 + i, fixed_pid=pid) for i, pid in enumerate(pids)]
+
+
+def _simulate(main: Callable[[], Awaitable[None]]) -> None:
+    sim.run(main, seed=1)
+
+
+def test_streams_pass_trios_own_stream_checks() -> None:
+    async def main() -> None:
+        latency = NetworkConfig(latency=Constant(0.001))
+        tight = NetworkConfig(latency=Constant(0.001), window=1)
+        async with _network(latency) as net, _network(tight) as clogging:
+            a, b = _nodes(1, 2)
+
+            async def maker() -> tuple[SimStream, SimStream]:
+                return await _pair(net, a, b)
+
+            async def clogged() -> tuple[SimStream, SimStream]:
+                # One unread byte each way fills a one-byte window.
+                one, two = await _pair(clogging, a, b)
+                await one.send_all(b"c")
+                await two.send_all(b"c")
+                return one, two
+
+            await trio.testing.check_half_closeable_stream(maker, clogged)
+
+    _simulate(main)
+
+
+def test_each_direction_is_fifo_whatever_the_latencies() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Uniform(0.0, 1.0))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            sent = b"".join(b"%d," % i for i in range(200))
+            for i in range(200):
+                await one.send_all(b"%d," % i)
+            got = b""
+            while len(got) < len(sent):
+                got += await two.receive_some()
+            assert got == sent
+
+    _simulate(main)
+
+
+def test_a_chunk_arrives_after_exactly_the_drawn_latency() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.25))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            began = trio.current_time()
+            await one.send_all(b"x")
+            assert await two.receive_some() == b"x"
+            assert trio.current_time() - began == pytest.approx(0.25)
+
+    _simulate(main)
+
+
+def test_bandwidth_serialises_chunks_one_after_another() -> None:
+    async def main() -> None:
+        config = NetworkConfig(latency=Constant(0.0), bandwidth=1000.0)
+        async with _network(config) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            began = trio.current_time()
+            await one.send_all(b"a" * 500)
+            await one.send_all(b"b" * 500)
+            assert await two.receive_some() == b"a" * 500
+            assert trio.current_time() - began == pytest.approx(0.5)
+            assert await two.receive_some() == b"b" * 500
+            assert trio.current_time() - began == pytest.approx(1.0)
+
+    _simulate(main)
+
+
+def test_a_link_override_applies_to_its_pair_only() -> None:
+    async def main() -> None:
+        config = NetworkConfig(
+            latency=Constant(0.01), links={(2, 1): LinkConfig(latency=Constant(2.0))}
+        )
+        async with _network(config) as net:
+            master, slow, fast = _nodes(1, 2, 3)
+            to_slow, at_slow = await _pair(net, master, slow)
+            to_fast, at_fast = await _pair(net, master, fast)
+            for sender, receiver, expected in (
+                (to_slow, at_slow, 2.0),
+                (to_fast, at_fast, 0.01),
+            ):
+                began = trio.current_time()
+                await sender.send_all(b"x")
+                await receiver.receive_some()
+                assert trio.current_time() - began == pytest.approx(expected)
+
+    _simulate(main)
+
+
+def test_distributions_stay_in_their_bounds() -> None:
+    rng = random.Random(3)
+    assert Constant(0.5).draw(rng) == 0.5
+    assert all(0.1 <= Uniform(0.1, 0.2).draw(rng) <= 0.2 for _ in range(1000))
+    draws = [LogNormal(0.001, 2.0, cap=0.05).draw(rng) for _ in range(1000)]
+    assert all(0 < d <= 0.05 for d in draws)
+    assert max(draws) == 0.05
+    with pytest.raises(ValueError, match="high"):
+        Uniform(1.0, 0.5)
+    with pytest.raises(ValueError, match="median"):
+        LogNormal(0.0, 1.0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        NetworkConfig(bandwidth=0.0)
+
+
+def test_a_reset_breaks_both_ends() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            net.reset(one.conn, why="test")
+            with pytest.raises(trio.BrokenResourceError):
+                await two.receive_some()
+            with pytest.raises(trio.BrokenResourceError):
+                await one.send_all(b"x")
+
+    _simulate(main)
+
+
+def test_a_crashed_node_falls_silent_and_its_peer_sees_a_reset() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            a, b = _nodes(1, 2)
+            one, two = await _pair(net, a, b)
+            await one.send_all(b"before")
+            net.crash(a)
+            # A dead node's cleanup may still try to write: it goes nowhere.
+            await one.send_all(b"after")
+            assert await two.receive_some() == b"before"
+            with pytest.raises(trio.BrokenResourceError):
+                await two.receive_some()
+            assert not any(b"after" in c[2].data for c in net._heap)
+
+    _simulate(main)
+
+
+def test_a_closed_end_gives_its_peer_end_of_file_after_the_data() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            await one.send_all(b"last words")
+            await one.aclose()
+            assert await two.receive_some() == b"last words"
+            assert await two.receive_some() == b""
+
+    _simulate(main)
+
+
+def test_nothing_listening_means_connection_refused() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig()) as net:
+            with pytest.raises(ConnectionRefusedError):
+                await net.connect(_nodes(1)[0], SIM_HOST, 1)
+
+    _simulate(main)
+
+
+def test_a_partition_holds_data_and_releases_it_in_order() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Uniform(0.001, 0.1))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            net.add_partition(frozenset({2}))
+            for i in range(20):
+                await one.send_all(b"%d," % i)
+            with trio.move_on_after(10.0) as waited:
+                await two.receive_some()
+            assert waited.cancelled_caught
+
+            net.remove_partition(frozenset({2}))
+            got = b""
+            while len(got) < len(b"".join(b"%d," % i for i in range(20))):
+                got += await two.receive_some()
+            assert got == b"".join(b"%d," % i for i in range(20))
+
+    _simulate(main)
+
+
+def test_connecting_across_a_partition_times_out() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(connect_timeout=7.0)) as net:
+            a, b = _nodes(1, 2)
+
+            async def handler(stream: trio.abc.Stream) -> None:
+                raise AssertionError("the connection should not reach b")
+
+            async with trio.open_nursery() as nursery:
+                host, port = await net.listen(b, SIM_HOST, handler, nursery)
+                net.add_partition(frozenset({2}))
+                began = trio.current_time()
+                with pytest.raises(TimeoutError):
+                    await net.connect(a, host, port)
+                assert trio.current_time() - began == pytest.approx(7.0)
+                nursery.cancel_scope.cancel()
+
+    _simulate(main)
+
+
+def test_a_writer_waits_while_the_window_is_full() -> None:
+    async def main() -> None:
+        config = NetworkConfig(latency=Constant(0.01), window=1000)
+        async with _network(config) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            await one.send_all(b"x" * 1000)
+            with trio.move_on_after(5.0) as blocked:
+                await one.send_all(b"y")
+            assert blocked.cancelled_caught
+            assert await two.receive_some() == b"x" * 1000
+            with trio.fail_after(1.0):
+                await one.send_all(b"y")
+
+    _simulate(main)
