@@ -16,6 +16,7 @@ from spec.api import (
     FutureAlreadySetError,
     InvalidStateError,
     LaunchError,
+    LaunchErrorGroup,
     NoActiveWorkerError,
     NoSuchProcessError,
     NotMasterError,
@@ -23,6 +24,7 @@ from spec.api import (
     ReferenceNotFoundError,
     RemoteException,
     RmprocsTimeoutError,
+    TopologyError,
 )
 
 from . import faults
@@ -74,6 +76,7 @@ from ._constructs import (
     sync,
 )
 from ._context import NoClusterError
+from ._interrupt import interrupt
 from ._local import LocalLauncher
 from ._pmap import BatchProcessingError, ExponentialBackOff, pmap
 from ._pools import (
@@ -88,6 +91,22 @@ from ._pools import (
     set_default_worker_pool,
 )
 from ._refs import Future, RemoteChannel
+from ._transports import (
+    PeerConfig,
+    init_worker,
+    process_messages,
+    start_worker,
+    worker_id_from_socket,
+)
+from .managers import (
+    ClusterManager,
+    ElasticManager,
+    LocalManager,
+    SlurmManager,
+    SSHManager,
+    WorkerConfig,
+    default_addprocs_params,
+)
 
 __all__ = [
     "ANY",
@@ -96,18 +115,23 @@ __all__ = [
     "CachingPool",
     "Channel",
     "Cluster",
+    "ClusterManager",
     "DistributedError",
     "DistributedTask",
+    "ElasticManager",
     "ExponentialBackOff",
     "Future",
     "FutureAlreadySetError",
     "InvalidStateError",
     "LaunchError",
+    "LaunchErrorGroup",
     "LocalLauncher",
+    "LocalManager",
     "NoActiveWorkerError",
     "NoClusterError",
     "NoSuchProcessError",
     "NotMasterError",
+    "PeerConfig",
     "PoolProxy",
     "ProcessExitedException",
     "ReferenceNotFoundError",
@@ -116,7 +140,11 @@ __all__ = [
     "RemoteException",
     "Removal",
     "RmprocsTimeoutError",
+    "SSHManager",
+    "SlurmManager",
     "SyncBlock",
+    "TopologyError",
+    "WorkerConfig",
     "WorkerPool",
     "addprocs",
     "channel_from_id",
@@ -124,6 +152,7 @@ __all__ = [
     "clear_globals",
     "close",
     "cluster_cookie",
+    "default_addprocs_params",
     "default_worker_pool",
     "define_globals",
     "distributed_for",
@@ -133,6 +162,8 @@ __all__ = [
     "fetch_any",
     "fetchfrom",
     "getindex",
+    "init_worker",
+    "interrupt",
     "isempty",
     "isopen",
     "isready",
@@ -143,6 +174,7 @@ __all__ = [
     "nworkers",
     "open_cluster",
     "pmap",
+    "process_messages",
     "procs",
     "push",
     "put",
@@ -156,10 +188,12 @@ __all__ = [
     "set_default_worker_pool",
     "spawnat",
     "splitrange",
+    "start_worker",
     "sync",
     "take",
     "timedwait",
     "wait",
+    "worker_id_from_socket",
     "worker_timeout",
     "workers",
 ]

@@ -37,13 +37,16 @@ from ._local import LocalLauncher
 from ._process import Process
 from ._refs import Future, RemoteChannel
 from ._seams import Launcher, TcpTransport, Transport
+from ._topology import settle_topology
+from .managers import LocalManager, SSHManager, default_addprocs_params
+from .managers._base import ManagerLike, launch_and_setup, manager_params
 from .protocol.codec import Codec
 from .protocol.group import PeerState
 
 log = logging.getLogger("ref")
 
-#: Keywords ``addprocs`` accepts in this release.
-ADDPROCS_KEYWORDS: frozenset[str] = frozenset()
+#: Keywords every ``addprocs`` form accepts (``default_addprocs_params``).
+ADDPROCS_KEYWORDS: frozenset[str] = frozenset(default_addprocs_params())
 
 #: How long closing a cluster waits for workers to exit before killing them.
 CLOSE_GRACE = 5.0
@@ -99,7 +102,9 @@ async def open_cluster(
         # The block's own error arrives wrapped by the nursery; a user of
         # the context manager should see it as raised.
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            error = group.exceptions[0]
+            # "from" keeps the error's own cause (a RemoteException's original).
+            raise error from error.__cause__
         raise
     finally:
         reset_current(token)
@@ -217,54 +222,51 @@ log_name = "ref"
 # ------------------------------------------------------------ membership
 
 
-async def addprocs(n: int, **params: Any) -> list[int]:
-    """Start ``n`` workers and return their new pids, sorted.
+async def addprocs(n: Any = None, /, **params: Any) -> list[int]:
+    """Add workers and return their new pids, sorted.
 
-    Only process 1 may add workers.  Workers that started stay in the
+    ``n`` says how: an int starts that many workers on this host (None: one
+    per CPU thread; ``restrict=False`` binds them to the master's address
+    instead of 127.0.0.1); a list of machine specs starts workers over ssh
+    (``SSHManager``); a cluster manager starts them its own way.  The other
+    keywords are those of ``default_addprocs_params(manager)``; an unknown
+    one raises ``ValueError`` naming it.  ``topology`` and ``lazy`` say how
+    workers connect to each other; the first ``addprocs`` fixes them for
+    the cluster (see ``ref._topology``).
+
+    Only process 1 may add workers, one ``addprocs`` at a time.  Workers
+    are set up as the manager reports them, so a task may use those that
+    joined while the call still runs.  Workers that started stay in the
     cluster even when others failed; the failures are then raised as a
-    ``LaunchError`` after the successful ones joined.
+    ``LaunchErrorGroup`` (a ``LaunchError``) after the others joined.
     """
     proc = current_process()
     proc.require_master("addprocs")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"addprocs: n={n!r} must be a non-negative int")
-    unknown = sorted(set(params) - ADDPROCS_KEYWORDS)
-    if unknown:
-        raise TypeError(f"addprocs: invalid keyword argument {unknown[0]!r}")
-
-    launcher = proc.launcher
-    if launcher is None:
-        raise RuntimeError("addprocs: this cluster has no launcher")
+    manager = _manager_for(n, params)
+    checked = manager_params(manager, params)
     async with proc.membership_lock:
-        launched, failures = await launcher.launch(
-            n,
-            cookie=proc.cookie,
-            timeout=proc.worker_timeout,
-            params=params,
-            nursery=proc.nursery_or_fail(),
+        settle_topology(proc, checked)
+        return await launch_and_setup(proc, manager, checked)
+
+
+def _manager_for(n: Any, params: dict[str, Any]) -> ManagerLike:
+    """The manager an ``addprocs(n, ...)`` call means; pops ``restrict``."""
+    if n is None or (isinstance(n, int) and not isinstance(n, bool)):
+        restrict = params.pop("restrict", True)
+        return LocalManager(n, restrict)
+    if isinstance(n, str):
+        raise TypeError(
+            f"addprocs: got the string {n!r}; give machine specs as a list, "
+            f"e.g. addprocs([{n!r}])"
         )
-        pids: list[int] = []
-        errors: list[BaseException] = list(failures)
-
-        async def setup(worker: Any) -> None:
-            try:
-                pids.append(await proc.setup_worker(worker))
-            except LaunchError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for worker in launched:
-                nursery.start_soon(setup, worker)
-        if pids:
-            await proc.announce_peers()
-
-    if errors:
-        first = errors[0]
-        raise LaunchError(
-            f"{len(errors)} of {n} workers failed to start "
-            f"(started: {sorted(pids)}): {first}"
-        ) from first
-    return sorted(pids)
+    if isinstance(n, ManagerLike):
+        return n
+    if isinstance(n, list | tuple):
+        return SSHManager(n)
+    raise TypeError(
+        f"addprocs: n={n!r} must be a count, a list of machine specs or a "
+        "cluster manager (with launch and manage methods)"
+    )
 
 
 class Removal:

@@ -237,7 +237,7 @@ async def everywhere(
 
 
 def _pids(procs: Any) -> Iterable[int]:
-    if isinstance(procs, bool) or not isinstance(procs, Iterable):
+    if isinstance(procs, bool | str | bytes) or not isinstance(procs, Iterable):
         raise TypeError(f"procs={procs!r} must be a pid or a collection of pids")
     return procs
 

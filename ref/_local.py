@@ -1,9 +1,9 @@
 """The local launcher: worker processes on this machine, over loopback TCP.
 
-Each worker is ``python -m ref.worker --bind-to HOST`` with the cookie on its
-stdin.  The launcher reads the worker's stdout until the address line;
-anything before it is echoed (with a prefix) so a failing start-up is
-visible, and the launch fails with the upstream meanings:
+Each worker is ``<exename> <exeflags> -m ref.worker --bind-to HOST`` with the
+cookie on its stdin.  The launcher reads the worker's stdout until the
+address line; anything before it is echoed (with a prefix) so a failing
+start-up is visible, and the launch fails with the upstream meanings:
 
 * output ended before the address line: the launch command failed;
 * 1000 lines without an address line: unexpected output;
@@ -12,12 +12,20 @@ visible, and the launch fails with the upstream meanings:
 After start-up the worker's further output is relayed, prefixed with its
 pid.  The launcher keeps stdin open: a worker whose stdin closes exits, so no
 worker outlives its master even when the master is killed.
+
+The ``addprocs`` keywords that shape a local worker arrive in ``params``
+(Julia's ``LocalManager`` launch): ``bind_to`` (the address to listen on,
+from ``restrict``), ``dir`` (its working directory), ``exename`` and
+``exeflags`` (the interpreter and its options), ``env`` (added to the
+master's environment, winning over what the launcher sets) and
+``enable_threaded_blas`` (unless true, the BLAS and OpenMP thread variables
+are set to 1).  The constructor's values are used when a key is absent.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -27,50 +35,58 @@ import trio
 
 from spec.api import LaunchError
 
-from ._config import ADDRESS_PREFIX
 from ._seams import LaunchedWorker
+from ._startup import (
+    MAX_STARTUP_LINES,
+    LineReader,
+    prefixed_line,
+    read_address,
+    write_stdout,
+)
 
-_ADDRESS = re.compile(rf"^{re.escape(ADDRESS_PREFIX)}(\d+)#(.*)$")
-MAX_STARTUP_LINES = 1000
+__all__ = [
+    "MAX_STARTUP_LINES",
+    "THREAD_VARIABLES",
+    "LocalLauncher",
+    "LocalWorkerHandle",
+    "worker_environment",
+]
+
+#: Set to "1" in a worker's environment unless threaded BLAS was asked for.
+THREAD_VARIABLES = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+# Kept for code written against the names before they moved to _startup.
+_LineReader = LineReader
+_write_stdout = write_stdout
 
 
-def _write_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-class _LineReader:
-    """Splits a byte stream into text lines."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def readline(self) -> str | None:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return line.decode("utf-8", "replace")
-            try:
-                data = await self._stream.receive_some()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                if self._buffer:
-                    line = bytes(self._buffer)
-                    self._buffer.clear()
-                    return line.decode("utf-8", "replace")
-                return None
-            self._buffer += data
+def worker_environment(
+    env: Mapping[str, str], *, threaded_blas: bool, base: Mapping[str, str]
+) -> dict[str, str]:
+    """A local worker's environment: ``base``, the master's module path,
+    one thread per BLAS/OpenMP pool unless ``threaded_blas``, then ``env``
+    (which wins over everything before it)."""
+    result = dict(base)
+    paths = [p or os.getcwd() for p in sys.path]
+    result["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if not threaded_blas:
+        for name in THREAD_VARIABLES:
+            result[name] = "1"
+    result.update(env)
+    return result
 
 
 class LocalWorkerHandle:
     """A started worker process: relay its output, stop it, reap it."""
 
     def __init__(
-        self, process: trio.Process, reader: _LineReader, output: Callable[[str], None]
+        self, process: trio.Process, reader: LineReader, output: Callable[[str], None]
     ) -> None:
         self.process = process
         self._reader = reader
@@ -85,7 +101,7 @@ class LocalWorkerHandle:
 
     async def _relay(self, pid: int) -> None:
         while (line := await self._reader.readline()) is not None:
-            self._output(f"      From worker {pid}:\t{line}\n")
+            self._output(prefixed_line(pid, line))
 
     async def stop(self, grace: float) -> None:
         with trio.CancelScope(shield=True):
@@ -101,6 +117,16 @@ class LocalWorkerHandle:
         if self.process.returncode is None:
             self.process.kill()
 
+    async def interrupt(self) -> None:
+        """Send SIGINT: the worker interrupts the calls it is running."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGINT)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the worker process if it is still running."""
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+
 
 class LocalLauncher:
     """Starts workers as child processes of this one."""
@@ -112,7 +138,7 @@ class LocalLauncher:
         python: str | None = None,
         env: Mapping[str, str] | None = None,
         dir: str | None = None,
-        output: Callable[[str], None] = _write_stdout,
+        output: Callable[[str], None] = write_stdout,
     ) -> None:
         self.host = host
         self.python = python or sys.executable
@@ -120,12 +146,17 @@ class LocalLauncher:
         self.dir = dir
         self.output = output
 
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        paths = [p or os.getcwd() for p in sys.path]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env.update(self.env)
-        return env
+    def command(self, params: Mapping[str, Any]) -> list[str]:
+        """The command line of one worker under ``params``."""
+        exename = params.get("exename") or self.python
+        flags = list(params.get("exeflags") or ())
+        host = params.get("bind_to") or self.host
+        return [exename, *flags, "-m", "ref.worker", "--bind-to", host]
+
+    def _environment(self, params: Mapping[str, Any]) -> dict[str, str]:
+        env = {**self.env, **dict(params.get("env") or {})}
+        threaded = bool(params.get("enable_threaded_blas", False))
+        return worker_environment(env, threaded_blas=threaded, base=os.environ)
 
     async def launch(
         self,
@@ -141,7 +172,7 @@ class LocalLauncher:
 
         async def one() -> None:
             try:
-                started.append(await self._launch_one(cookie, timeout))
+                started.append(await self._launch_one(cookie, timeout, params))
             except LaunchError as exc:
                 failures.append(exc)
 
@@ -150,49 +181,34 @@ class LocalLauncher:
                 group.start_soon(one)
         return started, failures
 
-    async def _launch_one(self, cookie: str, timeout: float) -> LaunchedWorker:
-        command = [self.python, "-m", "ref.worker", "--bind-to", self.host]
-        process = await trio.lowlevel.open_process(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self._environment(),
-            cwd=self.dir,
-            start_new_session=True,
-        )
+    async def _launch_one(
+        self, cookie: str, timeout: float, params: Mapping[str, Any]
+    ) -> LaunchedWorker:
+        command = self.command(params)
+        try:
+            process = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._environment(params),
+                cwd=params.get("dir") or self.dir,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise LaunchError(
+                f"could not start worker command {command[0]!r}: {exc}"
+            ) from exc
         assert process.stdin is not None and process.stdout is not None
-        reader = _LineReader(process.stdout)
+        reader = LineReader(process.stdout)
         handle = LocalWorkerHandle(process, reader, self.output)
         try:
-            await process.stdin.send_all(f"{cookie}\n".encode("ascii"))
-            host, port = await self._read_address(reader, timeout)
+            try:
+                await process.stdin.send_all(f"{cookie}\n".encode("ascii"))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it exited already: reading its output says how
+            host, port = await read_address(reader, timeout, self.output)
         except BaseException:
             await handle.stop(0)
             raise
-        return LaunchedWorker(host, port, handle, local=True)
-
-    async def _read_address(
-        self, reader: _LineReader, timeout: float
-    ) -> tuple[str, int]:
-        try:
-            with trio.fail_after(timeout):
-                for _ in range(MAX_STARTUP_LINES):
-                    line = await reader.readline()
-                    if line is None:
-                        raise LaunchError(
-                            "Unable to read host:port string from worker. "
-                            "Launch command exited with error?"
-                        )
-                    found = _ADDRESS.match(line.strip())
-                    if found:
-                        return found.group(2), int(found.group(1))
-                    self.output(f"\tFrom worker startup:\t{line}\n")
-        except trio.TooSlowError:
-            raise LaunchError(
-                "Timed out waiting to read host:port string from worker "
-                f"(waited {timeout:g} s; raise DISTREF_WORKER_TIMEOUT if needed)."
-            ) from None
-        raise LaunchError(
-            "Unexpected output from worker launch command. Host:port string not found."
-        )
+        return LaunchedWorker(host, port, handle, local=True, params=params)

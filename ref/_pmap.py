@@ -35,7 +35,7 @@ import itertools
 import logging
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sized
 from typing import Any, Final, TextIO
 
 import trio
@@ -271,8 +271,10 @@ class BatchProcessingError(Exception):
 
 
 class BatchRunner:
-    """Runs one batch on a worker, every element in its own task.
+    """Runs one batch on a worker, concurrently.
 
+    A plain function cannot overlap with anything, so its calls run in
+    order, inline; an async function's calls each get their own task.
     With ``wrap`` a failing element becomes a BatchProcessingError value;
     without, the first failure cancels the batch and is raised.
     """
@@ -283,24 +285,56 @@ class BatchRunner:
 
     async def __call__(self, batch: list[tuple[Any, ...]]) -> list[Any]:
         results: list[Any] = [None] * len(batch)
+        waiting: list[tuple[int, tuple[Any, ...], Awaitable[Any]]] = []
+        try:
+            for i, args in enumerate(batch):
+                try:
+                    value = self.f(*args)
+                except Exception as exc:
+                    results[i] = self._failed(args, exc)
+                    continue
+                if inspect.isawaitable(value):
+                    waiting.append((i, args, value))
+                else:
+                    results[i] = value
+        except BaseException:
+            for _, _, pending in waiting:
+                getattr(pending, "close", lambda: None)()
+            raise
+
+        if waiting:
+            await self._gather(waiting, results)
+        else:
+            await trio.lowlevel.checkpoint()
+        return results
+
+    def _failed(self, args: tuple[Any, ...], exc: Exception) -> BatchProcessingError:
+        if not self.wrap:
+            raise exc
+        return BatchProcessingError(args, exc)
+
+    async def _gather(
+        self,
+        waiting: list[tuple[int, tuple[Any, ...], Awaitable[Any]]],
+        results: list[Any],
+    ) -> None:
         failures: list[Exception] = []
 
-        async def one(i: int, args: tuple[Any, ...], scope: trio.CancelScope) -> None:
+        async def one(i: int, args: tuple[Any, ...], pending: Awaitable[Any]) -> None:
             try:
-                results[i] = await _call(self.f, args)
+                results[i] = await pending
             except Exception as exc:
                 if self.wrap:
                     results[i] = BatchProcessingError(args, exc)
                 elif not failures:
                     failures.append(exc)
-                    scope.cancel()
+                    nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
-            for i, args in enumerate(batch):
-                nursery.start_soon(one, i, args, nursery.cancel_scope)
+            for i, args, pending in waiting:
+                nursery.start_soon(one, i, args, pending)
         if failures:
             raise failures[0]
-        return results
 
 
 # ------------------------------------------------------------ progress

@@ -96,10 +96,17 @@ def _state(proc: Process) -> _PoolState:
 
 
 def is_pool(obj: object) -> bool:
-    """Whether ``obj`` can stand where a pid is expected: it has take/put."""
+    """Whether ``obj`` can stand where a pid is expected.
+
+    Besides distref's own pools, any object with ``take``, ``put`` and
+    ``workers`` methods (Julia's AbstractWorkerPool contract) qualifies; a
+    channel, which has only the first two, does not.
+    """
     if isinstance(obj, WorkerPool | PoolProxy):
         return True
-    return callable(getattr(obj, "take", None)) and callable(getattr(obj, "put", None))
+    return all(
+        callable(getattr(obj, name, None)) for name in ("take", "put", "workers")
+    )
 
 
 # ------------------------------------------------------------- WorkerPool

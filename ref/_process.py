@@ -16,9 +16,14 @@ Theory of operation, after Julia's ``process_messages.jl``:
   parks on a temporary ``Slot`` registered with the pid it waits for; when
   that pid's link is lost, every such slot fails with
   ``ProcessExitedException``, so nothing waits forever;
-* connections between workers are lazy: the higher pid always dials the
-  lower one, and a lower pid that needs a higher one asks the master to ask
-  it to dial.
+* connections between workers follow the cluster's topology (see
+  ``_topology``): in a lazy all-to-all cluster the higher pid dials the
+  lower one when first needed, and a lower pid that needs a higher one asks
+  the master to ask it to dial; an eager worker dials the peers its
+  JoinPGRP lists before it answers; ``master_worker`` and ``custom`` refuse
+  to send to a peer they are not connected to;
+* every call run here for a caller is cancellable by ``interrupt``, which
+  makes it fail with ``KeyboardInterrupt`` and leaves the process serving.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import os
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
@@ -44,6 +49,7 @@ from spec.api import (
     NotMasterError,
     ProcessExitedException,
     RemoteException,
+    TopologyError,
 )
 
 from ._channel import Channel
@@ -58,7 +64,7 @@ from ._refs import (
     Slot,
     sending_to,
 )
-from ._seams import LaunchedWorker, Launcher, Transport, WorkerHandle
+from ._seams import LaunchedWorker, Launcher, ManagedWorker, Transport, WorkerHandle
 from .protocol.codec import CloudpickleCodec, Codec
 from .protocol.group import MASTER, Peer, PeerState, ProcessGroup
 from .protocol.messages import (
@@ -92,6 +98,7 @@ from .protocol.wire import (
 log = logging.getLogger("ref")
 
 R = TypeVar("R", bound=RemoteRef)
+F = TypeVar("F", bound=Callable[..., Any])
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -114,6 +121,8 @@ class Link:
         self.wire = wire
         self._lock = trio.Lock()
         self.closed = False
+        #: Set once the link's reader has stopped and the stream is closed.
+        self.finished = trio.Event()
         # False on a link we dialled until its identifying first message
         # (JoinPGRP, IdentifySocket) is written: nothing may precede it.
         self.identified = identified
@@ -222,6 +231,23 @@ class Process:
         self.joined_master = trio.Event()
         self.all_handles: list[WorkerHandle] = []
         self._departures: dict[int, trio.Event] = {}
+        # Topologies: each worker's WorkerConfig.ident (master, 'custom'),
+        # lazy connections that failed (later attempts raise the same
+        # error), when each peer stub appeared (an eager wait counts from
+        # then) and the acknowledgements of the links this worker dialled.
+        self.idents: dict[int, object] = {}
+        self._members_changed = trio.Event()
+        self._connect_failures: dict[int, str] = {}
+        self._stub_times: dict[int, float] = {}
+        self._acked: dict[int, trio.Event] = {}
+        # The calls running here for callers, which interrupt() cancels.
+        self._running_calls: dict[_RunningCall, None] = {}
+        #: Custom transports: opens a stream to peer ``pid`` listening at
+        #: ``(host, port)``; None means ``transport.connect(host, port)``.
+        self.dial: Callable[[int, str, int], Awaitable[trio.abc.Stream]] | None = None
+        #: Master: the manager and config of each worker a ClusterManager
+        #: added (``ref.managers``); rmprocs and departures go through them.
+        self.managed: dict[int, ManagedWorker] = {}
 
     # ----------------------------------------------------------------- setup
 
@@ -261,9 +287,20 @@ class Process:
     async def open_link(self, pid: int, host: str, port: int) -> Link:
         """Dial ``pid`` at ``host:port``, send the cookie, start reading."""
         try:
-            stream = await self.transport.connect(host, port)
+            if self.dial is not None:
+                stream = await self.dial(pid, host, port)
+            else:
+                stream = await self.transport.connect(host, port)
         except OSError as exc:
             raise ProcessExitedException(pid) from exc
+        return await self.adopt_stream(pid, stream)
+
+    async def adopt_stream(self, pid: int, stream: trio.abc.Stream) -> Link:
+        """Use ``stream``, which this side opened to ``pid``, as its link.
+
+        Sends the cookie and version, then reads the stream in a task of
+        this process.  The caller sends the identifying first message.
+        """
         wire = self._new_wire(Role.INITIATOR)
         try:
             await stream.send_all(wire.hello())
@@ -309,11 +346,14 @@ class Process:
             self.links[MASTER] = link
             self._handle(link, first.header, msg)
             await self._read_loop(link)
-        elif isinstance(msg, IdentifySocketMsg) and self.myid > 0:
+        elif isinstance(msg, IdentifySocketMsg) and self.myid != MASTER:
+            # Possibly before our own JoinPGRP: in a 'custom' cluster a peer
+            # may be told to dial us while we are still joining.
             peer = self.group.add_peer(Peer(msg.from_pid, "", 0))
             peer.state = PeerState.CONNECTED
             link = Link(self, msg.from_pid, stream, wire)
             self.links[msg.from_pid] = link
+            self._connect_failures.pop(msg.from_pid, None)
             self._link_ready.setdefault(msg.from_pid, trio.Event()).set()
             await link.send(Header(), IdentifySocketAckMsg())
             await self._read_loop(link)
@@ -369,6 +409,7 @@ class Process:
         finally:
             self._link_lost(link)
             await link.aclose()
+            link.finished.set()
 
     def _link_lost(self, link: Link) -> None:
         """A peer's link ended: fail what waited on it, forget the peer."""
@@ -386,6 +427,11 @@ class Process:
         self.refs.remove_pid(pid)
         self._client_notices.pop(pid, None)
         self._link_ready.pop(pid, None)
+        self._stub_times.pop(pid, None)
+        self._connect_failures.pop(pid, None)
+        acked = self._acked.pop(pid, None)
+        if acked is not None:
+            acked.set()
         joined = self._joined.pop(pid, None)
         if joined is not None:
             joined.set()
@@ -402,10 +448,24 @@ class Process:
     def _forget_worker(self, pid: int) -> None:
         """Master side of a departure: reap the process, tell the others."""
         handle = self.handles.pop(pid, None)
+        self.idents.pop(pid, None)
+        managed = self.managed.pop(pid, None)
+        if managed is not None:
+            self.spawn(managed.deregister)
         if handle is not None:
             self.spawn(handle.stop, 5.0)
         for other in list(self.links.values()):
+            # Workers on their way out need no news of each other (at close,
+            # that would be a message per pair of workers).
+            if self._is_terminating(other.peer):
+                continue
             self.spawn(self._send_quietly, other, Header(), DeregisterMsg(pid))
+
+    def _is_terminating(self, pid: int) -> bool:
+        return (
+            self.group.is_known(pid)
+            and self.group.peer(pid).state is PeerState.TERMINATING
+        )
 
     async def _send_quietly(self, link: Link, header: Header, msg: Message) -> None:
         with contextlib.suppress(ProcessExitedException):
@@ -421,13 +481,25 @@ class Process:
         return event
 
     async def link_to(self, pid: int) -> Link:
-        """The link to ``pid``, connecting lazily if needed."""
+        """The link to ``pid``, connecting as the cluster's topology allows.
+
+        A lazy all-to-all worker connects on first use; an eager one waits
+        (up to the worker timeout, counted from when it first heard of the
+        peer) for the higher pid to dial it; ``master_worker`` and
+        ``custom`` clusters raise ``TopologyError`` for an unconnected peer.
+        """
         link = self.links.get(pid)
         if link is not None and not link.closed:
             return link
         peer = self.group.peer(pid)
         if self.group.is_master or pid == MASTER:
             raise ProcessExitedException(pid)
+        failure = self._connect_failures.get(pid)
+        if failure is not None:
+            # Julia's stub keeps the failed connect: every try rethrows it.
+            raise DistributedError(failure)
+        if not self.group.lazy:
+            return await self._await_dialled(pid)
 
         ready = self._link_ready.get(pid)
         if ready is None:
@@ -439,15 +511,45 @@ class Process:
         if link is None:
             if self.group.has_left(pid):
                 raise ProcessExitedException(pid)
-            self._link_ready.pop(pid, None)
-            raise DistributedError(
+            failure = self._connect_failures.setdefault(
+                pid,
                 f"peer {pid} didn't connect to {self.myid} within "
-                f"{self.worker_timeout:g} seconds"
+                f"{self.worker_timeout:g} seconds",
+            )
+            raise DistributedError(failure)
+        return link
+
+    async def _await_dialled(self, pid: int) -> Link:
+        """Non-lazy clusters: the link exists already, or the peer dials us."""
+        topology = self.group.topology
+        if topology != "all_to_all":
+            raise TopologyError(
+                f"peer {pid} is not connected to {self.myid}. Topology : {topology}"
+            )
+        # Higher pids dial lower ones while they join: give it the rest of
+        # the worker timeout, counted from when this stub appeared.
+        since = self._stub_times.setdefault(pid, trio.current_time())
+        remaining = self.worker_timeout - (trio.current_time() - since)
+        if remaining <= 0:
+            raise DistributedError(f"peer {pid} has not connected to {self.myid}")
+        ready = self._link_ready.setdefault(pid, trio.Event())
+        with trio.move_on_after(remaining):
+            await ready.wait()
+        link = self.links.get(pid)
+        if link is None:
+            if self.group.has_left(pid):
+                raise ProcessExitedException(pid)
+            raise DistributedError(
+                f"peer {pid} didn't connect to {self.myid} within {remaining:g} seconds"
             )
         return link
 
     async def _connect_peer(self, peer: Peer) -> None:
-        """Make the link to ``peer`` exist: dial it, or have it dial us."""
+        """Make the link to ``peer`` exist: dial it, or have it dial us.
+
+        A failure is remembered (later attempts raise it at once) and wakes
+        whoever waits for the link.
+        """
         try:
             if self.myid > peer.pid:
                 if not peer.host:
@@ -465,8 +567,54 @@ class Process:
                 "Process(%d) - could not connect to peer %d: %s",
                 self.myid,
                 peer.pid,
-                exc,
+                _brief(exc),
             )
+            if peer.pid not in self.links and not self.group.has_left(peer.pid):
+                self._connect_failures[peer.pid] = (
+                    f"peer {peer.pid} didn't connect to {self.myid}: {_brief(exc)}"
+                )
+                ready = self._link_ready.get(peer.pid)
+                if ready is not None:
+                    ready.set()
+
+    async def _dial_and_identify(self, peer: Peer) -> None:
+        """Eager join: dial ``peer``, identify, wait for its acknowledgement."""
+        acked = self._acked[peer.pid] = trio.Event()
+        link = await self.open_link(peer.pid, peer.host, peer.port)
+        await link.send(Header(), IdentifySocketMsg(self.myid))
+        await acked.wait()
+        if self.links.get(peer.pid) is not link:
+            raise ProcessExitedException(peer.pid)
+
+    async def _connect_listed(self, msg: JoinPGRPMsg) -> bool:
+        """Dial every peer JoinPGRP listed, concurrently; False if one failed.
+
+        As in Julia, a worker that cannot reach a listed peer logs it and
+        exits with status 1 instead of joining.
+        """
+        failed: list[tuple[int, BaseException]] = []
+
+        async def dial(pid: int) -> None:
+            try:
+                with trio.fail_after(self.worker_timeout):
+                    await self._dial_and_identify(self.group.peer(pid))
+            except (DistributedError, trio.TooSlowError, *_STREAM_ERRORS) as exc:
+                failed.append((pid, exc))
+
+        async with trio.open_nursery() as nursery:
+            for pid, _host, _port in msg.peers:
+                nursery.start_soon(dial, pid)
+        if not failed:
+            return True
+        pid, error = failed[0]
+        log.error(
+            "Error on %d while connecting to peer %d, exiting: %r",
+            self.myid,
+            pid,
+            error,
+        )
+        self.stop(1)
+        return False
 
     # ------------------------------------------------------------- dispatch
 
@@ -498,8 +646,10 @@ class Process:
             self._join_complete(link.peer, msg)
         elif isinstance(msg, SetPeersMsg):
             self.local_pids = set(msg.local)
+            now = trio.current_time()
             for pid, host, port in msg.peers:
                 if pid != self.myid and not self.group.has_left(pid):
+                    self._stub_times.setdefault(pid, now)
                     known = self.group.add_peer(Peer(pid, host, port))
                     if not known.host:
                         known.host, known.port = host, port
@@ -516,9 +666,11 @@ class Process:
         elif isinstance(msg, ExitMsg):
             self.stop(0)
         elif isinstance(msg, JoinPGRPMsg):
-            self.spawn(self._answer_join, link)
+            self.spawn(self._answer_join, link, msg)
         elif isinstance(msg, IdentifySocketAckMsg):
-            pass
+            acked = self._acked.pop(link.peer, None)
+            if acked is not None:
+                acked.set()
 
     def _owned_slot(self, rrid: RRID) -> Slot:
         storage = self.refs.get_or_create(rrid, Slot).storage
@@ -600,7 +752,29 @@ class Process:
     async def _invoke(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> object:
-        """Run f; a raised exception becomes a RemoteException value."""
+        """Run f; a raised exception becomes a RemoteException value.
+
+        The call can be interrupted (``interrupt_calls``) while it awaits:
+        it then ends with a RemoteException wrapping KeyboardInterrupt.  A
+        synchronous function runs to its end first (it holds the loop), and
+        the runtime's own helpers that serve references are never
+        interrupted: they work for callers elsewhere.
+        """
+        if getattr(f, _SERVES_REFERENCES, False):
+            return await self._run_call(f, args, kwargs)
+        call = _RunningCall()
+        self._running_calls[call] = None
+        try:
+            with call.scope:
+                return await self._run_call(f, args, kwargs)
+        finally:
+            self._running_calls.pop(call, None)
+        # Only an interrupt ends the scope without a result.
+        return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
+
+    async def _run_call(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> object:
         try:
             result = f(*args, **kwargs)
             if inspect.isawaitable(result):
@@ -608,6 +782,20 @@ class Process:
             return result
         except Exception as exc:
             return self._capture(exc)
+
+    def interrupt_calls(self) -> int:
+        """Interrupt every call running here for a caller; returns how many.
+
+        What a worker does on SIGINT: each call fails with a RemoteException
+        wrapping KeyboardInterrupt at its next checkpoint, and the process
+        keeps serving.  With no call running it changes nothing.
+        """
+        calls = list(self._running_calls)
+        for call in calls:
+            call.scope.cancel()
+        if calls:
+            log.info("Process(%d) - interrupted %d call(s)", self.myid, len(calls))
+        return len(calls)
 
     async def _run_and_store(
         self,
@@ -940,11 +1128,16 @@ class Process:
         self.worker_timeout = msg.worker_timeout
         master = self.group.add_peer(Peer(MASTER, "", 0))
         master.state = PeerState.CONNECTED
+        now = trio.current_time()
         for pid, host, port in msg.peers:
+            self._stub_times.setdefault(pid, now)
             self.group.add_peer(Peer(pid, host, port))
         self.joined_master.set()
 
-    async def _answer_join(self, link: Link) -> None:
+    async def _answer_join(self, link: Link, msg: JoinPGRPMsg) -> None:
+        """Answer JoinPGRP, after dialling the listed peers unless lazy."""
+        if not msg.lazy and msg.peers and not await self._connect_listed(msg):
+            return
         await self._send_quietly(
             link, Header(), JoinCompleteMsg(os.cpu_count() or 1, os.getpid())
         )
@@ -959,46 +1152,117 @@ class Process:
         # Julia pushes every joining worker into the default pool.
         worker_joined(self, pid)
 
-    async def setup_worker(self, launched: LaunchedWorker) -> int:
-        """Master side: give a launched worker a pid and wait until it joined."""
-        pid = self.group.allocate_pid()
+    async def setup_worker(self, launched: LaunchedWorker, pid: int = 0) -> int:
+        """Master side: give a launched worker a pid and wait until it joined.
+
+        ``pid`` is one the caller allocated already (0: allocate one now).
+
+        The JoinPGRP message lists the peers the worker may reach, by
+        topology: the lower pids for ``all_to_all`` (an eager cluster first
+        waits for each of them to finish joining, since the worker dials
+        them at once), none for ``master_worker``, and for ``custom`` the
+        workers whose ident is in the worker's ``connect_idents``, waited
+        for up to the worker timeout.
+        """
+        pid = pid or self.group.allocate_pid()
         peer = self.group.add_peer(Peer(pid, launched.host, launched.port))
         self.handles[pid] = launched.handle
         self.all_handles.append(launched.handle)
         if launched.local:
             self.local_pids.add(pid)
+        if launched.ident is not None:
+            self.idents[pid] = launched.ident
         joined = self._joined[pid] = trio.Event()
+        self._members_changed.set()
+        self._members_changed = trio.Event()
 
+        reason = (
+            f"worker {pid} did not connect within {self.worker_timeout:g} "
+            f"seconds; raise {_timeout_hint()} if workers start slowly"
+        )
         try:
-            link = await self.open_link(pid, launched.host, launched.port)
-            lower = tuple(
-                (p.pid, p.host, p.port)
-                for p in self.group.peers()
-                if p.pid < pid and p.state is PeerState.CONNECTED
-            )
+            link = await self._reach(pid, launched)
+            peers = await self._join_peers(pid, launched)
             join = JoinPGRPMsg(
-                pid, lower, self.group.topology, self.group.lazy, self.worker_timeout
+                pid, peers, self.group.topology, self.group.lazy, self.worker_timeout
             )
             await link.send(Header(), join)
             with trio.move_on_after(self.worker_timeout):
                 await joined.wait()
         except ProcessExitedException:
             pass
+        except LaunchError as exc:
+            reason = str(exc)
 
         if peer.state is not PeerState.CONNECTED:
-            self._joined.pop(pid, None)
+            # Wake the setups waiting for this one before they list it.
+            self._joined.pop(pid, joined).set()
+            self.idents.pop(pid, None)
             link_now = self.links.get(pid)
             if link_now is not None:
                 await link_now.aclose()
             self.group.remove(pid)
             self.handles.pop(pid, None)
             launched.handle.kill()
-            raise LaunchError(
-                f"worker {pid} did not connect within {self.worker_timeout:g} "
-                f"seconds; raise {_timeout_hint()} if workers start slowly"
-            )
+            raise LaunchError(reason)
         launched.handle.start_output_relay(pid, self.nursery_or_fail())
         return pid
+
+    async def _reach(self, pid: int, launched: LaunchedWorker) -> Link:
+        """Open the link to a launched worker: TCP, or its own transport."""
+        if launched.connect is None:
+            return await self.open_link(pid, launched.host, launched.port)
+        try:
+            stream = await launched.connect(pid)
+        except OSError as exc:
+            raise ProcessExitedException(pid) from exc
+        return await self.adopt_stream(pid, stream)
+
+    async def _join_peers(
+        self, pid: int, launched: LaunchedWorker
+    ) -> tuple[tuple[int, str, int], ...]:
+        """The ``(pid, host, port)`` peers JoinPGRP lists for worker ``pid``."""
+        topology = self.group.topology
+        if topology == "master_worker":
+            return ()
+        if topology == "custom":
+            chosen = await self._custom_peers(pid, launched.connect_idents)
+            peers = [self.group.peer(p) for p in chosen if not self.group.has_left(p)]
+            return tuple((p.pid, p.host, p.port) for p in peers)
+
+        chosen = [p.pid for p in self.group.peers() if 1 < p.pid < pid]
+        if not self.group.lazy:
+            for other in chosen:
+                event = self._joined.get(other)
+                if event is not None:
+                    await event.wait()
+        peers = [self.group.peer(p) for p in chosen if not self.group.has_left(p)]
+        return tuple(
+            (p.pid, p.host, p.port) for p in peers if p.state is PeerState.CONNECTED
+        )
+
+    async def _custom_peers(self, pid: int, wanted: tuple[object, ...]) -> list[int]:
+        """Custom topology: the workers whose ident ``wanted`` lists.
+
+        Waits up to the worker timeout for as many of them to exist as
+        ``wanted`` names.  They need not have joined: a launched worker
+        listens already, and accepts a peer before its own join, so two
+        workers that name each other (or a ring) cannot wait for each other
+        forever.
+        """
+        with trio.move_on_after(self.worker_timeout):
+            while True:
+                found = [
+                    p
+                    for p, ident in list(self.idents.items())
+                    if p != pid and ident in wanted
+                ]
+                if len(found) >= len(wanted):
+                    return found
+                await self._members_changed.wait()
+        raise LaunchError(
+            f"peer workers did not connect within {self.worker_timeout:g} seconds"
+        )
 
     async def announce_peers(self) -> None:
         """After addprocs: tell every worker the full membership."""
@@ -1020,16 +1284,28 @@ class Process:
     # ------------------------------------------------------------ removal
 
     async def remove_workers(self, pids: list[int]) -> list[int]:
-        """Ask each worker to exit; returns those still present afterwards."""
+        """Ask each worker to exit; returns those still present afterwards.
+
+        A worker a cluster manager added is removed by the manager's
+        ``kill`` (whose default is the same request).
+        """
         for pid in pids:
             if self.group.has_left(pid):
                 continue  # it left while we were asking the others
             peer = self.group.peer(pid)
             peer.state = PeerState.TERMINATING
-            link = self.links.get(pid)
-            if link is not None:
-                await self._send_quietly(link, Header(), ExitMsg())
+            managed = self.managed.get(pid)
+            if managed is not None:
+                await managed.kill()
+            else:
+                await self.ask_to_exit(pid)
         return [p for p in pids if p in self.links]
+
+    async def ask_to_exit(self, pid: int) -> None:
+        """Send worker ``pid`` the request to exit, if it is still linked."""
+        link = self.links.get(pid)
+        if link is not None:
+            await self._send_quietly(link, Header(), ExitMsg())
 
     def require_master(self, what: str) -> None:
         if not self.group.is_master:
@@ -1047,6 +1323,27 @@ class Process:
         except (ProcessExitedException, NoSuchProcessError):
             return False
         return True
+
+
+class _RunningCall:
+    """A call running for a caller, with the scope that interrupts it."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+
+
+#: What the remote traceback of an interrupted call says.
+_INTERRUPTED = "KeyboardInterrupt: the call was interrupted by interrupt()\n"
+
+#: Marks a runtime helper that serves a reference: never interrupted.
+_SERVES_REFERENCES = "_distref_serves_references"
+
+
+def _serves_references(fn: F) -> F:
+    setattr(fn, _SERVES_REFERENCES, True)
+    return fn
 
 
 def _text_of(error: BaseException) -> str:
@@ -1097,6 +1394,14 @@ def _rebuild_exception(payload: bytes, head: str, pid: int) -> BaseException:
     return error
 
 
+def _brief(error: BaseException) -> str:
+    """One line naming ``error``: the remote one for a RemoteException."""
+    if isinstance(error, RemoteException):
+        error = error.exception
+    text = _text_of(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def _timeout_hint() -> str:
     return "DISTREF_WORKER_TIMEOUT"
 
@@ -1110,36 +1415,43 @@ def _owner() -> Process:
     return current_process()
 
 
+@_serves_references
 async def _fetch_owned(rrid: RRID) -> object:
     return await _owner()._owned_slot(rrid).wait()
 
 
+@_serves_references
 async def _wait_owned(rrid: RRID) -> object:
     value = await _owner()._owned_slot(rrid).wait()
     return value if isinstance(value, RemoteException) else "ok"
 
 
+@_serves_references
 def _isready_owned(rrid: RRID) -> bool:
     return _owner()._owned_slot(rrid).is_set
 
 
+@_serves_references
 def _put_owned(rrid: RRID, value: object, caller: int) -> None:
     proc = _owner()
     proc._owned_slot(rrid).set(value)
     proc.refs.del_client(rrid, caller)
 
 
+@_serves_references
 def _peer_address(pid: int) -> tuple[str, int]:
     peer = _owner().group.peer(pid)
     return peer.host, peer.port
 
 
+@_serves_references
 async def _ask_to_connect(target: int, requester: int) -> None:
     """On the master: have ``target`` (the higher pid) dial ``requester``."""
     proc = _owner()
     await proc.remotecall_fetch(_connect_to, target, (requester,), {})
 
 
+@_serves_references
 async def _connect_to(requester: int) -> None:
     await _owner().link_to(requester)
 
@@ -1178,6 +1490,7 @@ async def _channel_call(
     return getattr(chan, op)()
 
 
+@_serves_references
 async def _channel_owned(
     rrid: RRID, factory: ChannelFactory | None, op: str, args: tuple[object, ...]
 ) -> Any:

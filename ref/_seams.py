@@ -49,16 +49,47 @@ class WorkerHandle(Protocol):
         """Stop the worker at once (like kill -9)."""
         ...
 
+    async def interrupt(self) -> None:
+        """Interrupt the calls running on the worker (``ref.interrupt``).
+
+        A real worker gets SIGINT; either way the worker turns it into the
+        cancellation of the calls it is running for callers and keeps
+        serving.  Returns once the interrupt is sent.
+        """
+        ...
+
+
+class ManagedWorker(Protocol):
+    """The master's per-worker link to the cluster manager that added it."""
+
+    async def kill(self) -> None:
+        """Make the worker exit (``rmprocs``): the manager's ``kill``."""
+        ...
+
+    async def deregister(self) -> None:
+        """The worker has left the cluster: tell its manager."""
+        ...
+
 
 @dataclass
 class LaunchedWorker:
-    """Where a started worker listens, and how to stop it."""
+    """Where a started worker listens, and how to stop it.
+
+    ``ident`` and ``connect_idents`` are Julia's ``WorkerConfig`` fields of
+    the same names, used by the ``custom`` topology: the worker dials every
+    worker whose ``ident`` is in its ``connect_idents``.  ``connect``, when
+    given, opens the master's stream to the worker (whose new pid it
+    receives) instead of TCP to ``host:port``: a custom transport.
+    """
 
     host: str
     port: int
     handle: WorkerHandle
     local: bool = True
     params: Mapping[str, Any] = field(default_factory=dict)
+    ident: object = None
+    connect_idents: tuple[object, ...] = ()
+    connect: Callable[[int], Awaitable[trio.abc.Stream]] | None = None
 
 
 class Launcher(Protocol):

@@ -1,78 +1,71 @@
 """Entry point of a real worker process: ``python -m ref.worker``.
 
 Protocol with the launcher: the cookie arrives as the first line on stdin
-(never on the command line, where other users could read it); the worker
-binds ``--bind-to`` (loopback by default), prints exactly one line
-``distref_worker:<port>#<host>`` on stdout and flushes it, then serves.  It
-exits when the master asks, when its link to the master is lost, or when its
-stdin reaches end of file (the launcher has gone).
+(never on the command line, where other users could read it) unless
+``--cookie`` gives it; the worker binds ``--bind-to HOST[:PORT]`` (loopback
+by default, port 0 meaning the first free one from 9000 + OS pid mod 1000),
+prints exactly one line ``distref_worker:<port>#<host>`` on stdout and
+flushes it, then serves.  It exits when the master asks, when its link to
+the master is lost, or when its stdin pipe reaches end of file (the
+launcher has gone).  SIGINT interrupts the calls it is running.  Unlike
+``start_worker``'s default, stderr stays apart from stdout (the local
+launcher merges the two itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-import trio
-
-from ._config import ADDRESS_PREFIX, worker_timeout
-from ._context import set_current
-from ._process import Process
-from ._seams import TcpTransport
-from ._worker import serve_worker
+from ._transports import start_worker
 
 
-def _announce(host: str, port: int) -> None:
-    sys.stdout.write(f"{ADDRESS_PREFIX}{port}#{host}\n")
-    sys.stdout.flush()
-
-
-async def _watch_stdin(proc_ready: trio.Event, procs: list[Process]) -> None:
-    """Stop the worker when stdin closes: the launcher (or ssh) is gone."""
-    stream = trio.lowlevel.FdStream(os.dup(0))
-    async with stream:
-        while await stream.receive_some():
-            pass
-    await proc_ready.wait()
-    procs[0].stop(1)
-
-
-async def _main(cookie: str, host: str) -> int:
-    ready = trio.Event()
-    procs: list[Process] = []
-
-    def started(proc: Process) -> None:
-        procs.append(proc)
-        set_current(proc)
-        ready.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_stdin, ready, procs)
-        code = await serve_worker(
-            cookie=cookie,
-            transport=TcpTransport(),
-            host=host,
-            announce=_announce,
-            worker_timeout=worker_timeout(),
-            started=started,
-        )
-        nursery.cancel_scope.cancel()
-    return code
+def parse_bind_to(text: str) -> tuple[str, int]:
+    """Split ``HOST[:PORT]`` (IPv6 hosts in brackets) into host and port."""
+    host, port = text, "0"
+    if text.startswith("["):
+        inside, _, rest = text[1:].partition("]")
+        host = inside
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--bind-to {text!r}: the port must be 0..65535")
+    return host, int(port)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ref.worker")
-    parser.add_argument("--bind-to", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--bind-to",
+        default="127.0.0.1",
+        metavar="HOST[:PORT]",
+        help="address (and port) to listen on",
+    )
+    parser.add_argument(
+        "--cookie",
+        default=None,
+        help="the cluster cookie (default: the first line of stdin)",
+    )
     args = parser.parse_args(argv)
+    try:
+        host, port = parse_bind_to(args.bind_to)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-
-    cookie = sys.stdin.readline().rstrip("\n")
-    if not cookie:
-        sys.stderr.write("ref.worker: expected the cluster cookie on stdin\n")
+    try:
+        # The launcher reads stdout for the address line and merges stderr
+        # into it itself; a worker started by hand keeps the two apart.
+        start_worker(
+            cookie=args.cookie, bind_to=host, port=port, stderr_to_stdout=False
+        )
+    except ValueError as exc:
+        sys.stderr.write(f"ref.worker: {exc}\n")
         return 2
-    return trio.run(_main, cookie, args.bind_to)
+    except SystemExit as done:
+        return int(done.code or 0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ that reproduces it.  Both exit with status 1 when a run failed.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 import time
@@ -25,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list(sys.stdout)
+
+    # The runtime's warnings (a worker terminated...) help read one run;
+    # over a sweep of seeds they are noise.
+    level = logging.WARNING if args.command == "run" else logging.ERROR
+    logging.basicConfig(level=level, format="%(name)s: %(message)s")
     try:
         faults = FaultPlan.parse(args.faults) if args.faults else None
     except ValueError as exc:

@@ -88,9 +88,9 @@ class World:
         self.nodes.append(node)
         return node
 
-    def attach(self, node: Node, proc: Process) -> None:
+    def attach(self, node: Node, proc: Process, *, make_current: bool) -> None:
         """``proc`` runs on ``node`` from now on."""
-        node.attach(proc)
+        node.attach(proc, make_current=make_current)
         self.run.register_process(proc, node.ospid)
 
     def node_for_pid(self, pid: int) -> Node | None:
@@ -156,7 +156,7 @@ class World:
                     announce=node.announce,
                     worker_timeout=timeout,
                     codec=TracingCodec(node, enabled=self.trace.enabled),
-                    started=lambda proc: self.attach(node, proc),
+                    started=lambda proc: self.attach(node, proc, make_current=True),
                 )
         finally:
             self.network.node_exited(node)
@@ -182,6 +182,24 @@ class World:
         self._fault(fault, node=node.name, pid=node.pid)
         self.network.crash(node)
         node.cancel_scope.cancel()
+
+    def interrupt(self, node: Node) -> None:
+        """Deliver SIGINT to ``node``: the runtime interrupts its calls.
+
+        A stopped (hung) process gets the signal when it resumes.
+        """
+        if node.dead or node.done.is_set() or node.proc is None:
+            return
+        self._fault("interrupt", node=node.name, pid=node.pid)
+        if node.hung:
+            self._nursery.start_soon(self._interrupt_when_resumed, node)
+        else:
+            node.proc.interrupt_calls()
+
+    async def _interrupt_when_resumed(self, node: Node) -> None:
+        await node.step()
+        if node.proc is not None and not node.dead:
+            node.proc.interrupt_calls()
 
     def crash(self, pid: int) -> bool:
         """Crash the worker with ``pid``; False if there is none alive."""
@@ -304,33 +322,45 @@ async def open_cluster(
     Must run inside ``sim.run``.  ``timeout`` is the worker timeout
     (``DISTREF_WORKER_TIMEOUT`` by default, as for ``ref``).  On exit the
     runtime shuts its workers down as under ``ref``; whatever still runs
-    afterwards (a hung worker) is cancelled with the world.
+    afterwards (a hung worker) is cancelled with the world.  An error from
+    the block propagates as raised, as from ``ref.open_cluster``.
     """
     run = current_run()
     config = network or NetworkConfig()
     plan = faults or FaultPlan()
     index = run.next_cluster()
 
-    async with trio.open_nursery() as nursery:
-        world = World(run, index, config, plan, nursery)
-        run.trace.clusters.append(world.describe(plan))
-        run.trace.event("cluster", index=index)
-        world.start()
-        master = world.add_node(master=True)
-        token = _world.set(world)
-        try:
-            async with ref.open_cluster(
-                launcher=SimLauncher(world),
-                transport=SimTransport(world.network, master),
-                cookie=run.cookie(index),
-                codec=TracingCodec(master, enabled=run.trace.enabled),
-                timeout=timeout,
-            ) as cluster:
-                world.attach(master, cluster.master)
-                yield cluster
-        finally:
-            _world.reset(token)
-            nursery.cancel_scope.cancel()
+    failure: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            world = World(run, index, config, plan, nursery)
+            run.trace.clusters.append(world.describe(plan))
+            run.trace.event("cluster", index=index)
+            world.start()
+            master = world.add_node(master=True)
+            token = _world.set(world)
+            try:
+                async with ref.open_cluster(
+                    launcher=SimLauncher(world),
+                    transport=SimTransport(world.network, master),
+                    cookie=run.cookie(index),
+                    codec=TracingCodec(master, enabled=run.trace.enabled),
+                    timeout=timeout,
+                ) as cluster:
+                    world.attach(master, cluster.master, make_current=False)
+                    yield cluster
+            finally:
+                _world.reset(token)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Like ref.open_cluster: the block's own error arrives as raised,
+        # not wrapped by the world's nursery.
+        if len(group.exceptions) != 1:
+            raise
+        failure = group.exceptions[0]
+    # Raised outside the handler, so that its cause and context survive.
+    if failure is not None:
+        raise failure
 
 
 def current_world() -> World:

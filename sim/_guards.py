@@ -13,7 +13,9 @@ showing up later as a trace that differs between two machines:
 * real sockets: ``socket.socket``, ``socket.socketpair`` and
   ``socket.create_connection`` raise (trio's wake-up socket pair exists
   before the guards go up);
-* threads: ``threading.Thread.start`` and ``trio.to_thread.run_sync`` raise.
+* threads: ``threading.Thread.start`` and ``trio.to_thread.run_sync`` raise;
+* real processes: ``subprocess.Popen`` (which ``trio.run_process`` and
+  ``ref``'s local launcher use) and ``os.fork``/``os.posix_spawn`` raise.
 
 Each violation is also recorded, so ``sim.run`` fails even when the code
 under test catches the exception and carries on.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -168,6 +171,16 @@ class Guards:
             trio.to_thread, "run_sync", _Tripwire("trio.to_thread.run_sync", _THREAD)
         )
 
+        # A real process would run outside the simulation altogether.
+        self._patch(
+            subprocess.Popen,
+            "_execute_child",
+            _Tripwire("subprocess.Popen", _PROCESS),
+        )
+        for name in ("fork", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                self._patch(os, name, _Tripwire(f"os.{name}", _PROCESS))
+
         self._patch(os, "getpid", _simulated_getpid)
         self._patch(os, "cpu_count", _simulated_cpu_count)
 
@@ -211,4 +224,5 @@ def _simulated_cpu_count() -> int | None:
 _CLOCK = "the wall clock"
 _SOCKET = "a real socket"
 _THREAD = "a thread"
+_PROCESS = "a real OS process (simulated workers come from sim.open_cluster)"
 _BLOCKING = "a blocking sleep (it stops every simulated process; use trio.sleep)"

@@ -67,6 +67,11 @@ class SimWorkerHandle:
     def kill(self) -> None:
         self._world.kill(self._node)
 
+    async def interrupt(self) -> None:
+        """What SIGINT does to a real worker: interrupt the calls it runs."""
+        self._world.interrupt(self._node)
+        await trio.lowlevel.checkpoint()
+
 
 class SimLauncher:
     """Starts simulated workers in ``world``."""

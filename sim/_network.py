@@ -32,6 +32,7 @@ deliveries is a function of the seed.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import heapq
 import itertools
@@ -74,7 +75,7 @@ _RESET = "reset"
 class _Chunk:
     """One piece of a direction's stream, in flight or held."""
 
-    __slots__ = ("data", "direction", "kind", "note", "rrids")
+    __slots__ = ("data", "direction", "kind", "note", "order", "rrids")
 
     def __init__(
         self,
@@ -89,6 +90,9 @@ class _Chunk:
         self.data = data
         self.note = note
         self.rrids = rrids
+        # Its place in the direction's stream, to keep held chunks in order.
+        self.order = direction.chunks
+        direction.chunks += 1
 
 
 class _Direction:
@@ -98,6 +102,7 @@ class _Direction:
         "broken",
         "buffer",
         "busy_until",
+        "chunks",
         "conn",
         "dst",
         "eof",
@@ -121,11 +126,20 @@ class _Direction:
         self.eof_sent = False
         self.reader_closed = False
         self.held: list[_Chunk] = []
+        self.chunks = 0
         self.lot = trio.lowlevel.ParkingLot()
         self.send_lot = trio.lowlevel.ParkingLot()
         self.unread = 0
         self.last_arrival = 0
         self.busy_until = 0
+
+    def hold(self, chunk: _Chunk) -> None:
+        """Keep ``chunk`` until the path heals, in stream order.
+
+        A chunk in flight when the partition began arrives after chunks
+        written later were already held: it goes before them.
+        """
+        bisect.insort(self.held, chunk, key=_stream_order)
 
     def wake(self) -> None:
         """Wake whoever waits to read from, or write to, this direction."""
@@ -577,7 +591,7 @@ class Network:
         """Hold ``chunk`` if its path is cut (None), else put it in flight."""
         direction = chunk.direction
         if direction.held or self.blocked(direction.src, direction.dst):
-            direction.held.append(chunk)
+            direction.hold(chunk)
             return None
         return self._enqueue(chunk)
 
@@ -641,7 +655,7 @@ class Network:
             direction.consumed(len(chunk.data))
             return
         if direction.held or self.blocked(src, dst):
-            direction.held.append(chunk)
+            direction.hold(chunk)
             self._trace.event("stall", conn=conn.id, src=src.pid, dst=dst.pid)
             return
 
@@ -746,6 +760,10 @@ class Network:
                 conn.forward.broken and conn.backward.broken
             ):
                 yield conn
+
+
+def _stream_order(chunk: _Chunk) -> int:
+    return chunk.order
 
 
 async def _accept_loop(

@@ -77,14 +77,16 @@ class Node:
             return self.proc.myid
         return self._fixed_pid
 
-    def attach(self, proc: Process) -> None:
-        """Adopt the runtime process that runs here and make it current.
+    def attach(self, proc: Process, *, make_current: bool) -> None:
+        """Adopt the runtime process that runs here.
 
-        Passed to ``serve_worker`` as its ``started`` callback, so it runs in
-        the node's host task, which from then on acts as that process.
+        A worker's node attaches from ``serve_worker``'s ``started``
+        callback, in the node's host task, which from then on acts as that
+        process (``make_current``); the master is current already.
         """
         self.proc = proc
-        set_current(proc)
+        if make_current:
+            set_current(proc)
 
     def announce(self, host: str, port: int) -> None:
         """The worker is listening: what ``ref.worker`` prints on stdout."""

@@ -54,7 +54,7 @@ FIRST_OSPID = 1000
 SIM_CPU_COUNT = 4
 #: Collect cyclic garbage at the first quiescent point after this many
 #: deliveries (0: never during the run).
-DEFAULT_GC_EVERY = 2000
+DEFAULT_GC_EVERY = 200
 
 _COOKIE_ALPHABET = string.ascii_letters + string.digits
 

@@ -34,11 +34,15 @@ FORMAT_VERSION = 1
 _VERSIONED_PACKAGES = ("distref", "trio", "cloudpickle")
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical(obj: object) -> str:
     """One JSON line: sorted keys, no spaces, ASCII, no NaN."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return _ENCODER.encode(obj)
 
 
 def versions() -> dict[str, str]:

@@ -4,7 +4,8 @@ Under ``MockClock`` with autojump a run has two ways to get stuck that a
 real run would show as a hang:
 
 * deadlock: every task waits, and nothing is scheduled (no deadline, no
-  callback): virtual time cannot advance, and trio would spin at the same
+  callback), even after a garbage collection (whose finalizers could queue
+  work): virtual time cannot advance, and trio would spin at the same
   instant for ever;
 * livelock: tasks keep running (say, a loop around ``trio.sleep(0)``) but
   virtual time never advances, so no timeout can ever fire.
@@ -18,9 +19,13 @@ statistics, so it cannot change what the run does.
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 
 import trio
+
+log = logging.getLogger("sim")
 
 #: Loop iterations that may pass at one virtual instant before the run is
 #: called a livelock.  A sleep(0) loop reaches it in a few wall seconds.
@@ -53,15 +58,18 @@ class Watchdog(trio.abc.Instrument):
         self._idle = 0
         self._instant = -math.inf
         self._iterations = 0
+        self._collected = False
+        self._gave_up = False
 
     def after_io_wait(self, timeout: float) -> None:
-        if self.verdict is not None or self.scope is None:
+        if self._gave_up:
             return
         now = trio.current_time()
         if now != self._instant:
             self._instant = now
             self._iterations = 0
             self._idle = 0
+            self._collected = False
             return
 
         # Time stands still: only then can the run be stuck, and only then
@@ -84,16 +92,31 @@ class Watchdog(trio.abc.Instrument):
             and stats.seconds_to_next_deadline == math.inf
         )
         self._idle = self._idle + 1 if stalled else 0
-        if self._idle >= _IDLE_ITERATIONS:
+        if self._idle >= _IDLE_ITERATIONS and not self._collected:
+            # A real process would collect its garbage some time, and a
+            # finalizer may be what everyone waits for (a reference freed,
+            # a notice sent): give it that chance before calling it stuck.
+            self._collected = True
+            self._idle = 0
+            gc.collect()
+        elif self._idle >= _IDLE_ITERATIONS:
             self._trip(
                 f"deadlock at virtual time {now:.9f} s: every task is waiting "
                 "and nothing is scheduled to wake any of them"
             )
 
     def _trip(self, verdict: str) -> None:
-        self.verdict = f"{verdict}\n{_task_report()}"
-        assert self.scope is not None
-        self.scope.cancel()
+        report = f"{verdict}\n{_task_report()}"
+        if self.verdict is None and self.scope is not None:
+            self.verdict = report
+            self.scope.cancel()
+            return
+
+        # Stuck again after the run was cancelled (or outside its main):
+        # cleanup code shielded from cancellation is waiting for ever, and
+        # nothing can interrupt it from here.  Say so once.
+        self._gave_up = True
+        log.error("simulated run stuck beyond recovery: %s", report)
 
 
 def _task_report() -> str:

@@ -65,6 +65,7 @@ async def nap(seconds: float) -> str:
 
 
 async def _expect_exited(pid: int, call: Awaitable[object], what: str) -> None:
+    """``call`` must fail with ProcessExitedException naming ``pid``."""
     try:
         value = await call
     except ProcessExitedException as exc:

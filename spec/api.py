@@ -18,11 +18,19 @@ Their meanings mirror Julia's ``Distributed`` (see docs/julia-mapping.md):
 * ``RmprocsTimeoutError``: ``rmprocs`` waited ``waitfor`` seconds and some
   workers had still not terminated.
 * ``NoSuchProcessError``: the master was asked about a pid it never had.
+* ``TopologyError``: an operation conflicts with the cluster's topology.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -101,6 +109,19 @@ class LaunchError(DistributedError):
     """A worker could not be launched, or did not join within the timeout."""
 
 
+class LaunchErrorGroup(ExceptionGroup[LaunchError], LaunchError):
+    """``addprocs`` could not start some workers: one ``LaunchError`` each.
+
+    Raised once every other worker of the call has joined (those stay in the
+    cluster).  It is an ``ExceptionGroup``, so ``except* LaunchError``
+    picks the failures apart, and also a ``LaunchError``, so ``except
+    LaunchError`` catches the whole call's failure.
+    """
+
+    def derive(self, excs: Sequence[LaunchError]) -> LaunchErrorGroup:  # type: ignore[override]  # narrower element type on purpose
+        return LaunchErrorGroup(self.message, excs)
+
+
 class RmprocsTimeoutError(DistributedError):
     """``rmprocs`` gave up waiting: ``pids`` had not terminated in time."""
 
@@ -159,6 +180,17 @@ class NoActiveWorkerError(DistributedError):
     """
 
 
+class TopologyError(DistributedError, RuntimeError):
+    """An operation conflicts with how the cluster's processes are connected.
+
+    Raised when ``addprocs`` asks for a topology other than the one the
+    existing workers have, and on a worker that sends to another worker the
+    topology does not connect it to (``master_worker``, or ``custom`` without
+    that peer among its ``connect_idents``).  Contrast ``ValueError``, raised
+    for a topology name that does not exist or a conflicting ``lazy`` flag.
+    """
+
+
 @runtime_checkable
 class RemoteRef(Protocol):
     """What ``Future`` and ``RemoteChannel`` share: an owner and an identity."""
@@ -211,6 +243,45 @@ class Removal(Protocol):
     async def wait(self) -> None:
         """Wait until every pid of the removal has terminated."""
         ...
+
+
+class WorkerConfigAPI(Protocol):
+    """What a cluster manager tells the master about one started worker.
+
+    Julia's ``WorkerConfig``: every field defaults to None.  ``io`` is a
+    ``trio.abc.ReceiveStream`` carrying the worker's output (the master
+    reads its address line from there); otherwise ``host`` and ``port``
+    say where it listens.  The backend's ``WorkerConfig`` class has every
+    field listed in ``spec/behaviours.toml`` (``worker_config.*``).
+    """
+
+    io: Any
+    host: str | None
+    port: int | None
+    count: int | str | None
+    process: Any
+    ospid: int | None
+    userdata: Any
+
+
+class ClusterManagerAPI(Protocol):
+    """A cluster manager: starts workers for ``addprocs(manager, ...)``.
+
+    ``launch`` appends one ``WorkerConfig`` per started worker to
+    ``launched`` and calls ``notify()``; returning means no more will come.
+    ``manage`` hears ``"register"``, ``"deregister"``, ``"interrupt"`` and
+    ``"finalize"``.  Optional: ``kill(pid, config)``, ``connect(pid,
+    config)`` and ``default_params()`` (extra keywords with defaults).
+    """
+
+    async def launch(
+        self,
+        params: Mapping[str, Any],
+        launched: list[Any],
+        notify: Callable[[], None],
+    ) -> None: ...
+
+    async def manage(self, pid: int, config: Any, op: str) -> None: ...
 
 
 class Faults(Protocol):
@@ -303,7 +374,32 @@ class DistributedAPI(Protocol):
 
     def workers(self) -> list[int]: ...
 
-    async def addprocs(self, n: int, **params: Any) -> list[int]: ...
+    async def addprocs(
+        self, n: int | ClusterManagerAPI | Sequence[Any] | None = ..., **params: Any
+    ) -> list[int]:
+        """Add workers: ``n`` local ones (default: one per CPU thread), those
+        a cluster manager launches, or, given machine specs, over SSH."""
+        ...
+
+    def WorkerConfig(self, **fields: Any) -> WorkerConfigAPI:
+        """A new ``WorkerConfig`` with the given fields set, the rest None."""
+        ...
+
+    def LocalManager(
+        self, np: int | None = None, restrict: bool = True
+    ) -> ClusterManagerAPI:
+        """The manager behind ``addprocs(n)``: ``np`` workers on this host."""
+        ...
+
+    def SSHManager(self, machines: Iterable[Any]) -> ClusterManagerAPI:
+        """The manager behind ``addprocs(machines)``; spec errors raise here."""
+        ...
+
+    def default_addprocs_params(
+        self, manager: ClusterManagerAPI | None = None
+    ) -> dict[str, Any]:
+        """The keywords ``addprocs(manager, ...)`` accepts, with defaults."""
+        ...
 
     async def rmprocs(
         self, *pids: int | Iterable[int], waitfor: float = ...
@@ -405,6 +501,20 @@ class DistributedAPI(Protocol):
         ...
 
     def cluster_cookie(self, cookie: str | None = None) -> str: ...
+
+    async def interrupt(self, *pids: int | Iterable[int]) -> None:
+        """Interrupt the calls running on ``pids`` (default: every worker).
+
+        Master only.  Each call running on a targeted worker fails with a
+        ``RemoteException`` wrapping ``KeyboardInterrupt``; the worker keeps
+        serving, and a worker running nothing is unaffected.  Returns once
+        the interrupts are sent, not once they took effect.
+        """
+        ...
+
+    def worker_id_from_socket(self, stream: object) -> int:
+        """The pid of the process at the other end of ``stream``, else -1."""
+        ...
 
     # ------------------------------------------------ pools (issue 5)
 

@@ -266,9 +266,9 @@ WORKER: Table[WorkerState, WorkerEvent] = Table(
     title="Worker process, as the master sees it",
     doc=(
         "A pid is allocated when the master starts setting a launched worker "
-        "up (CREATED) and never reused. procs() lists RUNNING workers; a "
-        "DYING worker (killed, not yet noticed) may or may not be listed; "
-        "REMOVING, REMOVED and DEAD ones are not. Losing the link ends every "
+        "up (CREATED) and never reused. procs() lists RUNNING workers, and "
+        "DYING ones (killed, not yet noticed by the master); REMOVING, "
+        "REMOVED and DEAD ones are not listed. Losing the link ends every "
         "state: REMOVED if rmprocs asked for it, DEAD otherwise (the master "
         "then reports 'Worker <pid> terminated.'). Pending calls to the pid "
         "fail with ProcessExitedException at that moment, and so does every "
@@ -504,8 +504,10 @@ CLIENTS: Table[ClientsState, ClientsEvent] = Table(
     name="clients",
     title="Client set of one remote value, on its owner",
     doc=(
-        "The owner stores a value only from its first use there (or the "
-        "first add_client for it), with the client set {creator}. Sending "
+        "The owner stores a value only from its first use there, with the "
+        "client set {creator} plus any holders announced before that (they "
+        "are counted apart until then; Julia's add_client stores the value "
+        "at once, which only live_refs() could tell apart). Sending "
         "an unfetched reference to another process adds that process; "
         "fetching a Future, putting into it, or dropping a reference removes "
         "the holder, and so does the holder's death. The owner frees the "
@@ -518,8 +520,8 @@ CLIENTS: Table[ClientsState, ClientsEvent] = Table(
     final=frozenset({ClientsState.FREED}),
     entries={
         (_S.ABSENT, _SE.CREATE): go(_S.HELD, why="first use: {creator}"),
-        (_S.ABSENT, _SE.ADD): go(_S.HELD, why="add_client creates it"),
-        (_S.ABSENT, _SE.DEL): go(_S.ABSENT, why="nothing stored yet"),
+        (_S.ABSENT, _SE.ADD): go(_S.ABSENT, why="counted apart until first use"),
+        (_S.ABSENT, _SE.DEL): go(_S.ABSENT, why="counted apart until first use"),
         (_S.ABSENT, _SE.OWNER_DIED): go(_S.FREED),
         (_S.HELD, _SE.CREATE): go(_S.HELD, why="already stored"),
         (_S.HELD, _SE.ADD): go(_S.HELD),

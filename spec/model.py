@@ -63,6 +63,7 @@ Deliberate choices
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
@@ -102,6 +103,7 @@ __all__ = [
     "Close",
     "Const",
     "Crash",
+    "Disconnect",
     "Drop",
     "Elementwise",
     "Expect",
@@ -110,11 +112,13 @@ __all__ = [
     "Fetch",
     "Fn",
     "Forward",
+    "Handshake",
     "IsEmpty",
     "IsOpen",
     "IsReady",
     "Kill",
     "MapFn",
+    "MapMyId",
     "Model",
     "ModelError",
     "MyId",
@@ -309,16 +313,27 @@ MapFn: TypeAlias = Plus | FailOn | MapMyId
 
 @dataclass(frozen=True, slots=True)
 class AddProcs:
-    """``addprocs(n)``: returns the sorted new pids."""
+    """``addprocs(n)``: returns the sorted new pids.
+
+    With ``failed`` > 0, that many of the launched workers never join (any
+    of them): their pids are used up, and the call raises LaunchError after
+    the others joined.
+    """
 
     n: int
+    failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RmProcs:
-    """``rmprocs(*pids)``, waiting until they have left; returns None."""
+    """``rmprocs(*pids)``: returns None.
+
+    With ``wait`` (the default, ``waitfor`` unbounded) the pids have left
+    when it returns; without (``waitfor=0``) they leave later.
+    """
 
     pids: tuple[int, ...]
+    wait: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +346,13 @@ class Kill:
 @dataclass(frozen=True, slots=True)
 class Crash:
     """Kill ``pid`` without waiting: the master notices later (a move)."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The link to ``pid`` breaks (a reset); the master notices at once."""
 
     pid: int
 
@@ -568,6 +590,7 @@ Op: TypeAlias = (
     | RmProcs
     | Kill
     | Crash
+    | Disconnect
     | Procs
     | Workers
     | NProcs
@@ -714,13 +737,14 @@ def _channel_effect(
     """
     items = rec.items
     owner = ("channel", rec.owner)
+    is_open = rec.state in (ChannelState.EMPTY, ChannelState.PARTIAL)
     if isinstance(op, Put | PutInto):
-        room = rec.capacity is None or len(items) < rec.capacity
         fills = rec.capacity is not None and len(items) + 1 == rec.capacity
-        event = ChannelEvent.PUT_FILL if room and fills else ChannelEvent.PUT
+        event = ChannelEvent.PUT_FILL if is_open and fills else ChannelEvent.PUT
         return event, owner if isinstance(op, Put) else None, (*items, op.value)
     if isinstance(op, Take | TakeFrom):
-        event = ChannelEvent.TAKE_LAST if len(items) == 1 else ChannelEvent.TAKE
+        last = len(items) == 1 and rec.state is not ChannelState.LOST
+        event = ChannelEvent.TAKE_LAST if last else ChannelEvent.TAKE
         return event, items[0] if items else None, items[1:]
     if isinstance(op, Fetch):
         return ChannelEvent.FETCH, items[0] if items else None, items
@@ -853,15 +877,18 @@ class Model:
             return Raised("NoSuchProcessError", pid)
         return _pee(pid)
 
+    def listed(self) -> tuple[int, ...]:
+        """What ``procs()`` answers: the master, running and DYING workers.
+
+        A killed worker stays listed until the master notices; when that
+        happens is a move of its own, so the answer is one per state.
+        """
+        alive = (WorkerState.RUNNING, WorkerState.DYING)
+        return tuple(sorted([MASTER, *(p for p, s in self.procs.items() if s in alive)]))
+
     def procs_choices(self) -> list[tuple[int, ...]]:
-        """The possible answers of ``procs()``: DYING workers may be listed."""
-        running = [p for p, s in self.procs.items() if s is WorkerState.RUNNING]
-        dying = [p for p, s in self.procs.items() if s is WorkerState.DYING]
-        answers = []
-        for mask in range(1 << len(dying)):
-            chosen = [p for i, p in enumerate(dying) if mask >> i & 1]
-            answers.append(tuple(sorted([MASTER, *running, *chosen])))
-        return answers
+        """The possible answers of ``procs()`` in this state."""
+        return [self.listed()]
 
     # ------------------------------------------------------ the interface
 
@@ -894,17 +921,44 @@ class Model:
         """
         for cid, call in sorted(self.calls.items()):
             if call.status == "pending":
-                for nxt in self._linearize(cid, call.op):
+                effects = self._linearize(cid, call.op)
+                for nxt in effects:
                     yield f"call {cid} takes effect", nxt
+                touched = (
+                    None if effects else self._touch(getattr(call.op, "ref", None))
+                )
+                if touched is not None:
+                    yield f"call {cid} reaches the owner and waits", touched
         for jid, job in sorted(self.jobs.items()):
             if job.ghost and not optional:
                 continue
-            for nxt in self._run_job(jid, job):
+            ran = self._run_job(jid, job)
+            for nxt in ran:
                 yield f"job {jid} runs on {job.on}", nxt
+            touched = None if ran else self._touch(getattr(job.fn, "ref", None))
+            if touched is not None and (not job.ghost or optional):
+                yield f"job {jid} reaches the owner and waits", touched
         for pid, state in sorted(self.procs.items()):
-            if state is WorkerState.DYING:
+            if state in (WorkerState.DYING, WorkerState.REMOVING):
                 for nxt in self.clone()._lose(pid):
-                    yield f"master notices {pid} died", nxt
+                    yield f"master notices {pid} left", nxt
+
+    def _touch(self, ref: str | None) -> Model | None:
+        """A waiting operation on ``ref`` has reached the owner.
+
+        A read or take that waits has already made the owner store the
+        value (storage is created at first use), which a client-set query
+        can see before the operation answers.  None if there is nothing to
+        create or the owner cannot be reached.
+        """
+        if ref is None or not (ref in self.futures or ref in self.channels):
+            return None
+        rec = self._record(ref)
+        if rec.clients is not ClientsState.ABSENT or self._reach(rec.owner) != "ok":
+            return None
+        touched = self.clone()
+        touched._clients_event(ref, ClientsEvent.CREATE)
+        return touched
 
     # -------------------------------------------------- linearization
 
@@ -922,6 +976,8 @@ class Model:
             return self._op_rmprocs(cid, op)
         if isinstance(op, Kill | Crash):
             return self._op_kill(cid, op)
+        if isinstance(op, Disconnect):
+            return self._op_disconnect(cid, op)
         if isinstance(op, Procs | Workers | NProcs | NWorkers):
             return self._op_query(cid, op)
         if isinstance(op, RemoteCall | RemoteCallFetch | RemoteCallWait | RemoteDo):
@@ -983,25 +1039,29 @@ class Model:
     # process group
 
     def _op_addprocs(self, cid: int, op: AddProcs) -> list[Model]:
-        m = self.clone()
-        pids = tuple(range(m.next_pid, m.next_pid + op.n))
-        m.next_pid += op.n
-        for pid in pids:
-            m.procs[pid] = WorkerState.CREATED
-            for event in (
-                LinkEvent.DIAL,
-                LinkEvent.COOKIE_OK,
-                LinkEvent.JOIN,
-                LinkEvent.JOIN_COMPLETE,
-            ):
-                m._fire_link(pid, event)
-            m._fire_worker(pid, WorkerEvent.JOINED)
-        default = m.pools.get("default")
-        if default is not None and pids:
-            # Workers join concurrently, so their order in the queue is open.
-            m._pool_push_all("default", pids)
-        m._done(cid, Returned(pids))
-        return [m]
+        pids = tuple(range(self.next_pid, self.next_pid + op.n))
+        results = []
+        for failed in itertools.combinations(pids, op.failed):
+            m = self.clone()
+            m.next_pid += op.n
+            joined = tuple(p for p in pids if p not in failed)
+            for pid in pids:
+                m.procs[pid] = WorkerState.CREATED
+                m._fire_link(pid, LinkEvent.DIAL)
+                m._fire_link(pid, LinkEvent.COOKIE_OK)
+                m._fire_link(pid, LinkEvent.JOIN)
+                if pid in failed:
+                    m._fire_link(pid, LinkEvent.TIMEOUT)
+                    m._fire_worker(pid, WorkerEvent.LAUNCH_FAILED)
+                    continue
+                m._fire_link(pid, LinkEvent.JOIN_COMPLETE)
+                m._fire_worker(pid, WorkerEvent.JOINED)
+            if "default" in m.pools and joined:
+                # Workers join concurrently, so their order in the queue is open.
+                m._pool_push_all("default", joined)
+            m._done(cid, Raised("LaunchError") if failed else Returned(joined))
+            results.append(m)
+        return results
 
     def _op_rmprocs(self, cid: int, op: RmProcs) -> list[Model]:
         models = [self.clone()]
@@ -1011,11 +1071,19 @@ class Model:
             nxt: list[Model] = []
             for m in models:
                 m._fire_worker(pid, WorkerEvent.RMPROCS)
-                nxt += m._lose(pid) if m.procs[pid] is WorkerState.REMOVING else [m]
+                leaving = m.procs[pid] is WorkerState.REMOVING
+                nxt += m._lose(pid) if leaving and op.wait else [m]
             models = nxt
         for m in models:
             m._done(cid, Returned(None))
         return models
+
+    def _op_disconnect(self, cid: int, op: Disconnect) -> list[Model]:
+        m = self.clone()
+        m._done(cid, Returned(None))
+        if m._reach(op.pid) in ("gone", "unknown"):
+            return [m]
+        return m._lose(op.pid)
 
     def _op_kill(self, cid: int, op: Kill | Crash) -> list[Model]:
         m = self.clone()
@@ -1420,17 +1488,15 @@ class Model:
         )
 
     def _prune(self, name: str) -> list[Model]:
-        """Drop members that left procs(); a DYING one may or may not be."""
+        """Drop members that are no longer listed by procs()."""
         pool = self.pools[name]
         models = [self.clone()]
+        listed = self.listed()
         for pid in pool.live():
-            state = self.state_of(pid)
-            if pid == MASTER or state is WorkerState.RUNNING:
+            if pid in listed:
                 continue
             nxt = []
             for m in models:
-                if state is WorkerState.DYING:
-                    nxt.append(m.clone())
                 m.pools[name] = m._member(name, pid, MemberEvent.PRUNE)
                 nxt.append(m)
             models = nxt
@@ -1639,11 +1705,11 @@ def _remote(pid: int) -> int | None:
 def _raised_in(outcome: Outcome, on: int) -> Outcome:
     """What a function running on ``on`` that got ``outcome`` hands back.
 
-    A RemoteException it received passes through unchanged, keeping its
-    origin (behaviour remote_exception.nested-keeps-origin); any other
-    exception is wrapped in a RemoteException naming ``on``.
+    Any exception, a RemoteException from further away included, is wrapped
+    in a RemoteException naming ``on`` (behaviour
+    remote_exception.nested-rewrapped).
     """
-    if isinstance(outcome, Returned) or outcome.error == "RemoteException":
+    if isinstance(outcome, Returned):
         return outcome
     return Raised("RemoteException", on, outcome.error)
 
@@ -1671,3 +1737,23 @@ def _map_outcome(op: PMap, usable: list[int], *, local: bool) -> Expect:
     if isinstance(fn, Plus):
         return Returned(tuple(x + fn.k for x in op.items))
     return Returned(op.items)
+
+
+class Handshake:
+    """One connection's handshake, followed event by event.
+
+    The model's processes go through the CONNECTION table when they join
+    and leave; this tracker lets a test or a trace checker follow any one
+    connection (worker to worker links included) with the same table.
+    ``feed`` raises TransitionError for an event the handshake forbids.
+    """
+
+    def __init__(self, seen: set[Key] | None = None) -> None:
+        self.state = LinkState.STUB
+        self.seen = seen
+
+    def feed(self, event: LinkEvent) -> str | None:
+        """Apply ``event``; returns the error it reports, if any."""
+        transition = CONNECTION.fire(self.state, event, self.seen)
+        self.state = transition.target
+        return transition.raises

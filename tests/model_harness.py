@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import model_fns as fns
+import model_mistakes
 import trio
 
 import ref
@@ -98,7 +99,8 @@ class Driver:
     #: OS pids of every worker any Driver launched, for leftover checks.
     all_ospids: ClassVar[list[int]] = []
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, *, mistake: str | None = None) -> None:
+        self.mistake = mistake
         self.results: queue.Queue[tuple[int, m.Outcome]] = queue.Queue()
         self.ospids: list[int] = []
         self.allocated: list[int] = []
@@ -130,7 +132,7 @@ class Driver:
             self._cluster = cluster
             try:
                 if self._initial:
-                    self.allocated += await ref.addprocs(self._initial)
+                    await self.added(await ref.addprocs(self._initial))
                 self._send = send
                 self._token = trio.lowlevel.current_trio_token()
                 self._ready.set()
@@ -169,6 +171,14 @@ class Driver:
         trio.from_thread.run_sync(
             self._send.send_nowait, (cid, factory, box), trio_token=self._token
         )
+
+    async def added(self, pids: list[int]) -> list[int]:
+        """Record new workers; make the driver's mistake on them too."""
+        self.allocated += pids
+        if self.mistake is not None:
+            for pid in pids:
+                await ref.remotecall_fetch(model_mistakes.apply_remote, pid, self.mistake)
+        return pids
 
     def new_cid(self) -> int:
         """A call id never used before on this driver."""
@@ -215,7 +225,7 @@ class Driver:
             if len(live) > n:
                 await ref.rmprocs(*live[: len(live) - n])
             elif len(live) < n:
-                self.allocated += await ref.addprocs(n - len(live))
+                await self.added(await ref.addprocs(n - len(live)))
             return [p for p in ref.procs() if p != 1]
 
         workers: list[int] = self.call(adjust, timeout=60)
@@ -351,9 +361,7 @@ class Harness:
 
         async def run() -> Any:
             if isinstance(op, m.AddProcs):
-                pids = await ref.addprocs(op.n)
-                self.driver.allocated += pids
-                return pids
+                return await self.driver.added(await ref.addprocs(op.n))
             if isinstance(op, m.RmProcs):
                 return await ref.rmprocs(*op.pids)
             if isinstance(op, m.Kill):

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -32,7 +33,7 @@ from hypothesis.stateful import (
 from model_harness import Driver, Harness
 
 from spec import model as m
-from spec.lifecycles import ClientsState, MemberState, WorkerState
+from spec.lifecycles import MemberState, WorkerState
 
 MAX_WORKERS = 4
 
@@ -49,13 +50,15 @@ class ClusterMachine(RuleBasedStateMachine):
     driver: ClassVar[Driver | None] = None
     seen: ClassVar[set[tuple[str, str, str]]] = set()
     make_driver: ClassVar[Any] = Driver
+    #: How long a call that must answer may take (seconds).
+    bound: ClassVar[float] = 15.0
 
     def __init__(self) -> None:
         super().__init__()
         cls = type(self)
         if cls.driver is None or not cls.driver.alive():
             cls.driver = cls.make_driver()
-        self.h = Harness(cls.driver, seen=cls.seen, workers=2)
+        self.h = Harness(cls.driver, seen=cls.seen, workers=2, bound=cls.bound)
         self.names = itertools.count()
         self.values = itertools.count(100)
         self.futures: list[str] = []
@@ -147,6 +150,16 @@ class ClusterMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules
 
+    @initialize(i=small, j=small, capacity=st.sampled_from([2, None]))
+    def start_with_references_and_a_pool(
+        self, i: int, j: int, capacity: int | None
+    ) -> None:
+        """Every program starts with a channel, a Future and a pool of both
+        workers, so the data rules have something to act on from step one."""
+        self.new_channel(i, capacity)
+        self.new_future(j)
+        self.new_pool(3)
+
     @precondition(lambda self: len(self.live()) < MAX_WORKERS)
     @rule()
     def add_worker(self) -> None:
@@ -195,12 +208,19 @@ class ClusterMachine(RuleBasedStateMachine):
         self.step(m.NewFuture(name, pick(self.targets(), i)))
         self.futures.append(name)
 
-    @precondition(lambda self: any(f in self.h.objects for f in self.futures))
-    @rule(kind=st.integers(0, 3), i=small)
-    def future_op(self, kind: int, i: int) -> None:
-        ref = pick([f for f in self.futures if f in self.h.objects], i)
-        ops = [m.Fetch(ref), m.Wait(ref), m.IsReady(ref), m.Put(ref, next(self.values))]
-        self.step(ops[kind])
+    def _handles(self) -> list[str]:
+        return [f for f in self.futures if f in self.h.objects]
+
+    @precondition(lambda self: bool(self._handles()))
+    @rule(kind=st.integers(0, 2), i=small)
+    def future_read(self, kind: int, i: int) -> None:
+        ref = pick(self._handles(), i)
+        self.step([m.Fetch, m.Wait, m.IsReady][kind](ref))
+
+    @precondition(lambda self: bool(self._handles()))
+    @rule(i=small)
+    def future_put(self, i: int) -> None:
+        self.step(m.Put(pick(self._handles(), i), next(self.values)))
 
     @rule(i=small, capacity=st.sampled_from([1, 2, None]))
     def new_channel(self, i: int, capacity: int | None) -> None:
@@ -208,38 +228,47 @@ class ClusterMachine(RuleBasedStateMachine):
         self.step(m.NewChannel(name, pick(self.targets(), i), capacity))
         self.channels.append(name)
 
+    def _put(self, ref: str) -> None:
+        value = next(self.values)
+        self.puts.setdefault(ref, []).append(value)
+        self.step(m.Put(ref, value))
+
     @precondition(lambda self: bool(self.channels))
-    @rule(kind=st.integers(0, 6), i=small)
-    def channel_op(self, kind: int, i: int) -> None:
+    @rule(i=small)
+    def channel_put(self, i: int) -> None:
+        self._put(pick(self.channels, i))
+
+    @precondition(lambda self: bool(self.channels))
+    @rule(i=small)
+    def channel_take(self, i: int) -> None:
+        self.step(m.Take(pick(self.channels, i)))
+
+    @precondition(lambda self: bool(self.channels))
+    @rule(kind=st.integers(0, 4), i=small)
+    def channel_other(self, kind: int, i: int) -> None:
+        op = [m.Fetch, m.Close, m.IsReady, m.IsOpen, m.IsEmpty][kind]
+        self.step(op(pick(self.channels, i)))
+
+    @precondition(lambda self: bool(self.channels))
+    @rule(i=small, n=st.integers(2, 3))
+    def channel_burst(self, i: int, n: int) -> None:
+        """Put up to ``n`` items while there is room, then take as many."""
         ref = pick(self.channels, i)
-        if kind == 0:
-            value = next(self.values)
-            self.puts.setdefault(ref, []).append(value)
-            self.step(m.Put(ref, value))
+        model = self.h.any_model()
+        rec = model.channels[ref]
+        room = n if rec.capacity is None else rec.capacity - len(rec.items)
+        if len(self.models()) > 1 or room < 2:
             return
-        op = [m.Take, m.Fetch, m.Close, m.IsReady, m.IsOpen, m.IsEmpty][kind - 1]
-        self.step(op(ref))
-
-    def _stored(self, ref: str) -> bool:
-        """Whether the owner stores ``ref`` (in every candidate state).
-
-        ref drops an add_client that reaches an owner before the value is
-        stored there (Julia stores it then), see
-        test_model_based.test_forward_before_first_use_keeps_holder; until
-        that is settled, references are forwarded only once stored.
-        """
-        for model in self.models():
-            rec = model.futures.get(ref) or model.channels.get(ref)
-            if rec is None or rec.clients is ClientsState.ABSENT:
-                return False
-        return True
+        for _ in range(min(n, room)):
+            self._put(ref)
+        for _ in range(min(n, room)):
+            self.step(m.Take(ref))
 
     @precondition(lambda self: bool(self.refs()) and len(self.live()) >= 1)
     @rule(r=small, i=small)
     def forward(self, r: int, i: int) -> None:
         ref = pick(self.refs(), r)
-        if self._stored(ref):
-            self.step(m.Forward(ref, pick(self.live(), i)))
+        self.step(m.Forward(ref, pick(self.live(), i)))
 
     @precondition(lambda self: bool(self.refs()))
     @rule(r=small, i=small)
@@ -272,7 +301,12 @@ class ClusterMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.pools))
     @rule(p=small)
     def pool_take(self, p: int) -> None:
-        self.step(m.PoolTake(pick(self.pools, p)))
+        name = pick(self.pools, p)
+        # A take waiting on a pool whose last member then leaves never wakes
+        # in ref (test_trace_refinement.test_waiting_take_fails_when_last_
+        # member_leaves); until fixed, only takes that need not wait.
+        if all(model.pools[name].free for model in self.models()):
+            self.step(m.PoolTake(name))
 
     @precondition(lambda self: any(self.taken.values()))
     @rule(p=small, i=small)
@@ -332,17 +366,24 @@ class ClusterMachine(RuleBasedStateMachine):
     # --------------------------------------------------------- invariants
 
     @invariant()
+    def invariants(self) -> None:
+        """Every invariant, as one step so failing programs stay short."""
+        self.model_states_are_consistent()
+        self.pids_are_never_reused()
+        self.futures_are_write_once()
+        self.channels_are_fifo()
+        self.master_client_sets_match_holders()
+        self.calls_answer_once()
+
     def model_states_are_consistent(self) -> None:
         for model in self.models():
             model.check()
 
-    @invariant()
     def pids_are_never_reused(self) -> None:
         assert self.driver is not None
         allocated = self.driver.allocated
         assert allocated == sorted(set(allocated)), f"pids reused: {allocated}"
 
-    @invariant()
     def futures_are_write_once(self) -> None:
         # Checked as answers arrive (_scan); this re-checks the record.
         for ref, value in self.fetched.items():
@@ -351,7 +392,6 @@ class ClusterMachine(RuleBasedStateMachine):
                 if 1 in rec.cached:
                     assert rec.stored == m.Returned(value), ref
 
-    @invariant()
     def channels_are_fifo(self) -> None:
         """Sequential takes by the master see master puts in put order."""
         history = self.h.checker.history
@@ -375,13 +415,11 @@ class ClusterMachine(RuleBasedStateMachine):
         start = next(k for k, e in enumerate(history) if e.cid == cid)
         return start + 1 < len(history) and history[start + 1].cid == cid
 
-    @invariant()
     def master_client_sets_match_holders(self) -> None:
         for ref in self.refs():
             if self.h.objects[ref].where == 1:
                 self.step(m.Clients(ref))
 
-    @invariant()
     def calls_answer_once(self) -> None:
         answered = [
             e.cid for e in self.h.checker.history if getattr(e, "outcome", None)

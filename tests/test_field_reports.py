@@ -43,7 +43,7 @@ def _always_raise(x: float) -> float:
 
 
 async def _slow_square(x: int) -> int:
-    await trio.sleep(0.02)
+    await trio.sleep(0.04)
     return x * x
 
 
@@ -196,8 +196,9 @@ async def test_br04_batched_retries_survive_workers_being_killed(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
+            # The map takes about half a second; kill during its first half.
             for victim in pids[:3]:
-                await trio.sleep(0.06)
+                await trio.sleep(0.05)
                 await ref.faults.kill(victim)
 
         assert results == [x * x for x in range(200)]

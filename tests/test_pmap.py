@@ -110,11 +110,12 @@ async def test_retry_check_may_replace_the_remaining_delays() -> None:
         raise KeyError("again")
 
     def check(state: Any, exc: Exception) -> tuple[Any, bool]:
-        return iter([0.0]), True  # whatever was left, one more delay only
+        return iter(()), True  # no delay left: one last attempt
 
     with pytest.raises(KeyError):
-        await retrying(attempt, Delays(itertools.repeat(0.0)), check)
-    assert calls == 3
+        with trio.fail_after(5):
+            await retrying(attempt, Delays(itertools.repeat(0.0)), check)
+    assert calls == 2
 
     def bad(state: Any, exc: Exception) -> Any:
         return "yes"
@@ -222,16 +223,17 @@ async def test_worker_death_without_handlers_raises_process_exited(
                 await ref.pmap(
                     _exit_at, [3 + batch_size] * 8, range(8), batch_size=batch_size
                 )
-        assert len(ref.workers()) == 0 or ref.workers() == [1]
+        assert len(ref.workers()) == 1
 
 
 async def test_worker_death_with_retries_gives_every_result_once(
     open_test_cluster: OpenTestCluster,
 ) -> None:
     async with open_test_cluster(3):
-        got = await ref.pmap(_exit_at, [5] * 12, range(12), retry_delays=[0.0] * 3)
-        # Element 5 kills every worker it reaches; the others all arrive.
-        assert got[:5] == list(range(5))
+        # Element 5 kills every worker it reaches, then finds none left.
+        with pytest.raises(ref.NoActiveWorkerError):
+            await ref.pmap(_exit_at, [5] * 12, range(12), retry_delays=[0.0] * 3)
+        assert ref.workers() == [1]
     async with open_test_cluster(3):
         victim = ref.workers()[0]
         results: list[int] = []
@@ -265,6 +267,7 @@ async def test_retry_delays_may_be_a_generator(
 
 @given(st.lists(st.integers(-1000, 1000), max_size=30), st.integers(1, 5))
 async def test_a_local_pmap_equals_map(items: list[int], size: int) -> None:
-    async with ref.open_cluster():
-        got = await ref.pmap(_square, items, batch_size=size, distributed=False)
+    with trio.fail_after(10):
+        async with ref.open_cluster():
+            got = await ref.pmap(_square, items, batch_size=size, distributed=False)
     assert got == [x * x for x in items]

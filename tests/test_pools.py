@@ -137,10 +137,15 @@ async def test_a_user_pool_object_with_take_and_put_can_be_a_target(
         async def put(self, pid: int) -> None:
             self.puts.append(pid)
 
+        async def workers(self) -> list[int]:
+            return [1]
+
     async with open_test_cluster(0):
         pool = OnlyMaster()
         assert await ref.remotecall_fetch(_whoami, pool) == 1  # type: ignore[arg-type]
         assert pool.puts == [1]
+        with pytest.raises(TypeError, match="int or a worker pool"):
+            await ref.remotecall_fetch(_whoami, ref.Channel(1))  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------- proxies

@@ -8,6 +8,7 @@ behind, and the byte-identical trace across fresh interpreters.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import subprocess
@@ -21,7 +22,7 @@ import trio._core._run
 import ref
 import sim
 from sim._determinism import check_trio_internals, deterministic_scheduling
-from sim.scenarios import run_builtin
+from sim.scenarios import Options, chaos, run_builtin
 
 
 def _interleaving(seed: int) -> list[int]:
@@ -64,8 +65,12 @@ def test_the_seed_alone_decides_the_interleaving() -> None:
     assert len({tuple(_interleaving(seed)) for seed in range(10)}) >= 5
 
 
-def test_the_scheduler_state_is_restored_after_a_run() -> None:
+def test_the_scheduler_state_is_restored_after_a_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     module = trio._core._run
+    # Importing Hypothesis (its pytest plugin does) switches the flag on.
+    monkeypatch.setattr(module, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
     flag, rng = module._ALLOW_DETERMINISTIC_SCHEDULING, module._r
 
     async def main() -> None:
@@ -118,6 +123,32 @@ def test_the_same_seed_gives_the_same_trace_in_one_process() -> None:
     assert first.trace.text() == again.trace.text()
 
 
+def test_garbage_is_collected_only_at_quiescent_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frequent collections inside the run change nothing in its trace."""
+    collections: list[int] = []
+    real_collect = gc.collect
+
+    def counting_collect(generation: int = 2) -> int:
+        collections.append(generation)
+        return real_collect(generation)
+
+    async def main() -> None:
+        await chaos(Options(workers=4))
+
+    monkeypatch.setattr(gc, "collect", counting_collect)
+    digests = set()
+    for _ in range(2):
+        result = sim.simulate(main, seed=5, record=True, gc_every=7)
+        assert result.ok, result.error
+        digests.add(result.trace.digest())
+    assert len(digests) == 1
+    assert len(collections) > 10
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
 def _first_difference(a: bytes, b: bytes) -> str:
     for number, (x, y) in enumerate(zip(a.splitlines(), b.splitlines(), strict=False)):
         if x != y:
@@ -133,9 +164,9 @@ def test_fresh_interpreters_with_other_hash_seeds_write_identical_traces(
     for hash_seed in ("1", "2"):
         path = tmp_path / f"{scenario}-{hash_seed}.jsonl"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        command = ["-m", "sim", "run", scenario, "--seed", "9", "--trace", str(path)]
         done = subprocess.run(
-            [sys.executable, "-m", "sim", "run", scenario, "--seed", "9"]
-            + ["--trace", str(path)],
+            [sys.executable, *command],
             cwd=tmp_path,
             env=env,
             capture_output=True,

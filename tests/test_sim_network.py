@@ -61,7 +61,8 @@ def _simulate(main: Callable[[], Awaitable[None]]) -> None:
 
 def test_streams_pass_trios_own_stream_checks() -> None:
     async def main() -> None:
-        latency = NetworkConfig(latency=Constant(0.001))
+        # A small window makes the checks' write-until-broken loop short.
+        latency = NetworkConfig(latency=Constant(0.001), window=4096)
         tight = NetworkConfig(latency=Constant(0.001), window=1)
         async with _network(latency) as net, _network(tight) as clogging:
             a, b = _nodes(1, 2)
@@ -179,13 +180,15 @@ def test_a_crashed_node_falls_silent_and_its_peer_sees_a_reset() -> None:
             a, b = _nodes(1, 2)
             one, two = await _pair(net, a, b)
             await one.send_all(b"before")
+            assert await two.receive_some() == b"before"
             net.crash(a)
             # A dead node's cleanup may still try to write: it goes nowhere.
             await one.send_all(b"after")
-            assert await two.receive_some() == b"before"
+            assert not any(b"after" in c[2].data for c in net._heap)
             with pytest.raises(trio.BrokenResourceError):
                 await two.receive_some()
-            assert not any(b"after" in c[2].data for c in net._heap)
+            with pytest.raises(trio.BrokenResourceError):
+                await two.send_all(b"to the dead")
 
     _simulate(main)
 
@@ -227,6 +230,25 @@ def test_a_partition_holds_data_and_releases_it_in_order() -> None:
             while len(got) < len(b"".join(b"%d," % i for i in range(20))):
                 got += await two.receive_some()
             assert got == b"".join(b"%d," % i for i in range(20))
+
+    _simulate(main)
+
+
+def test_data_in_flight_when_a_partition_begins_keeps_its_place() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(1.0))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            await one.send_all(b"in flight,")
+            await trio.sleep(0.5)
+            net.add_partition(frozenset({2}))
+            await one.send_all(b"written during,")
+            await trio.sleep(1.0)
+            net.remove_partition(frozenset({2}))
+            await one.send_all(b"after")
+            got = b""
+            while len(got) < len(b"in flight,written during,after"):
+                got += await two.receive_some()
+            assert got == b"in flight,written during,after"
 
     _simulate(main)
 

@@ -1,0 +1,214 @@
+"""Recording the API-level history of a run, for checking against the model.
+
+``recording(sink)`` makes every call of ``ref``'s public API functions
+(``ref.remotecall_fetch``, ``ref.take``, ...) report two records to
+``sink``: one when the call starts and one when it returns or raises, with
+the calling process's pid, so a checker (``spec.refinement``) can decide
+whether the model admits what happened.  Calls made through ``ref``'s
+module attributes are seen, on every process of the interpreter (the
+simulator runs them all in one); calls on pool objects are seen too.
+
+Off by default, and free when off: nothing in the runtime tests a flag.
+``recording`` swaps wrappers into the ``ref`` namespace for the duration of
+its block and puts the originals back afterwards, so a name imported with
+``from ref import fetch`` before the block is not recorded.
+
+Records are plain JSON data: ``{"kind": "api_call", "call": n, "pid": p,
+"api": name, "args": [...]}``, then ``{"kind": "api_return", "call": n,
+"value": ...}`` or ``{"kind": "api_raise", "call": n, "error": class name,
+"error_pid": pid or null, "inner": class name or null}``.  References are
+``{"ref": "future"|"channel", "where": w, "rrid": [whence, id]}``, functions
+``{"fn": "module.qualname", "args": [...]}`` (bound ``functools.partial``
+arguments included), pools ``{"pool": serial}``; anything else that is not
+JSON is its ``repr``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from spec.api import NoSuchProcessError, ProcessExitedException, RemoteException
+
+from ._context import peek_current
+
+#: The public functions a recording wraps.
+RECORDED = (
+    "addprocs",
+    "rmprocs",
+    "procs",
+    "workers",
+    "nprocs",
+    "nworkers",
+    "remotecall",
+    "remotecall_fetch",
+    "remotecall_wait",
+    "remote_do",
+    "fetch",
+    "wait",
+    "isready",
+    "put",
+    "take",
+    "close",
+    "isopen",
+    "isempty",
+    "pmap",
+    "push",
+    "default_worker_pool",
+)
+
+#: Pool methods a recording wraps, recorded as "pool.<name>".
+POOL_METHODS = ("take", "put", "length", "isready", "workers")
+
+Record = dict[str, Any]
+Sink = Callable[[Record], None]
+
+#: The recorded call the current task is inside, if any: calls the API
+#: makes on its own behalf (pmap taking pool members) are marked nested.
+_inside: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "distref_recorded_call", default=None
+)
+
+
+def encode(value: object) -> Any:
+    """``value`` as JSON data (see the module docstring)."""
+    from . import _pools
+    from ._refs import Future, RemoteChannel
+
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [encode(v) for v in value]
+    if isinstance(value, Future | RemoteChannel):
+        kind = "future" if isinstance(value, Future) else "channel"
+        return {"ref": kind, "where": value.where, "rrid": list(value.rrid)}
+    if isinstance(value, _pools.WorkerPool | _pools.PoolProxy):
+        return {"pool": id(value)}
+    if isinstance(value, functools.partial):
+        return {"fn": _name(value.func), "args": [encode(a) for a in value.args]}
+    if callable(value):
+        return {"fn": _name(value), "args": []}
+    return {"repr": repr(value)}
+
+
+def _name(fn: object) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def encode_error(error: BaseException) -> Record:
+    """The fields of an ``api_raise`` record for ``error``."""
+    pid: int | None = None
+    inner: str | None = None
+    if isinstance(error, RemoteException):
+        pid, inner = error.pid, type(error.exception).__name__
+    elif isinstance(error, ProcessExitedException):
+        pid = error.worker_id
+    elif isinstance(error, NoSuchProcessError):
+        pid = error.pid
+    return {"error": type(error).__name__, "error_pid": pid, "inner": inner}
+
+
+def _wrap(api: str, fn: Callable[..., Any], sink: Sink, counter: Iterator[int]) -> Any:
+    def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
+        call = next(counter)
+        proc = peek_current()
+        sink(
+            {
+                "kind": "api_call",
+                "call": call,
+                "pid": proc.myid if proc is not None else None,
+                "api": api,
+                "args": [encode(a) for a in args],
+                "kwargs": {k: encode(v) for k, v in sorted(kwargs.items())},
+                "nested": _inside.get() is not None,
+            }
+        )
+        return call, _inside.set(call)
+
+    def finish(call: int, token: Any, value: object, error: Exception | None) -> None:
+        _inside.reset(token)
+        if error is not None:
+            sink({"kind": "api_raise", "call": call, **encode_error(error)})
+        else:
+            sink({"kind": "api_return", "call": call, "value": encode(value)})
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def recorded_async(*args: Any, **kwargs: Any) -> Any:
+            call, token = start(args, kwargs)
+            try:
+                value = await fn(*args, **kwargs)
+            except Exception as exc:
+                finish(call, token, None, exc)
+                raise
+            finish(call, token, value, None)
+            return value
+
+        return recorded_async
+
+    @functools.wraps(fn)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        call, token = start(args, kwargs)
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            finish(call, token, None, exc)
+            raise
+        finish(call, token, value, None)
+        return value
+
+    return recorded
+
+
+def _constructor(
+    kind: type, name: str, sink: Sink, counter: Iterator[int]
+) -> Callable[..., Any]:
+    """A ``__new__`` for ``kind`` that records the construction."""
+    original = kind.__dict__["__new__"].__func__
+
+    def record_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+        recorded = _wrap(name, functools.partial(original, cls), sink, counter)
+        return recorded(*args, **kwargs)
+
+    return record_new
+
+
+@contextmanager
+def recording(sink: Sink) -> Iterator[None]:
+    """Report every public API call made during the block to ``sink``."""
+    import ref
+
+    from . import faults
+    from ._pools import WorkerPool
+    from ._refs import Future, RemoteChannel
+
+    counter = itertools.count()
+    saved: list[tuple[object, str, object]] = []
+
+    def swap(owner: object, name: str, replacement: object) -> None:
+        saved.append((owner, name, vars(owner)[name]))
+        setattr(owner, name, replacement)
+
+    for name in RECORDED:
+        swap(ref, name, _wrap(name, getattr(ref, name), sink, counter))
+    swap(faults, "kill", _wrap("kill", faults.kill, sink, counter))
+    for name in POOL_METHODS:
+        method = WorkerPool.__dict__[name]
+        swap(WorkerPool, name, _wrap(f"pool.{name}", method, sink, counter))
+    swap(
+        WorkerPool, "__init__", _wrap("WorkerPool", WorkerPool.__init__, sink, counter)
+    )
+    for kind in (Future, RemoteChannel):
+        swap(kind, "__new__", _constructor(kind, kind.__name__, sink, counter))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)

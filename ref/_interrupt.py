@@ -1,0 +1,69 @@
+"""``interrupt``: Ctrl-C for the calls running on workers.
+
+The master asks each targeted worker's launcher handle to interrupt it
+(``WorkerHandle.interrupt``): the local launcher sends SIGINT, the simulator
+interrupts the simulated process directly.  The worker turns the signal into
+the cancellation of the calls it is running for callers
+(``Process.interrupt_calls``): each one fails with a ``RemoteException``
+wrapping ``KeyboardInterrupt``, the worker keeps serving, and a worker that
+runs no call is unaffected.  This is Julia's classic rule, which its newer
+per-request cancellation also satisfies.
+
+A call runs on the worker's trio loop, so it is interrupted at its next
+checkpoint: a coroutine function waiting on I/O, a sleep or a lock stops at
+once, but a plain function computing without awaiting runs to its end first
+(the signal is handled after it returns, when there is nothing left to
+interrupt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+
+from spec.api import NotMasterError
+
+from ._context import current_process
+from ._seams import WorkerHandle
+
+
+def _flatten(pids: Iterable[int | Iterable[int]]) -> list[int]:
+    flat: list[int] = []
+    for item in pids:
+        if isinstance(item, int):
+            flat.append(item)
+        else:
+            flat.extend(item)
+    return flat
+
+
+async def interrupt(*pids: int | Iterable[int]) -> None:
+    """Interrupt the calls running on ``pids`` (default: every worker).
+
+    Pids may be given one by one, as collections, or both.  Master only
+    (``NotMasterError`` elsewhere).  A pid that is not a current worker
+    raises ``KeyError`` before any worker is interrupted.  Returns once
+    every interrupt is sent; the calls fail shortly afterwards.
+    """
+    proc = current_process()
+    if not proc.group.is_master:
+        raise NotMasterError(
+            f"interrupt was called on process {proc.myid}: only process 1 "
+            "can interrupt workers"
+        )
+    if pids:
+        targets = list(dict.fromkeys(_flatten(pids)))
+    else:
+        targets = [p for p in proc.group.workers() if p != 1]
+
+    handles: list[WorkerHandle] = []
+    for pid in targets:
+        handle = proc.handles.get(pid)
+        if handle is None:
+            raise KeyError(pid)
+        handles.append(handle)
+
+    async with trio.open_nursery() as nursery:
+        for handle in handles:
+            nursery.start_soon(handle.interrupt)

@@ -1,0 +1,66 @@
+"""The model-based tests catch deliberate mistakes in the runtime.
+
+Each test makes one mistake in ``ref`` (``model_mistakes``: on the master by
+monkeypatching, on every worker the driver starts by a remote call) and runs
+the model-based state machine; it must fail.  Shrinking is off (only
+detection is asserted, and shrinking on real processes is slow);
+``derandomize`` makes the outcome the same on every run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import model_mistakes
+import pytest
+from conftest import leftover_worker
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+from model_harness import Driver
+from model_machine import ClusterMachine
+
+from spec.refinement import Refuted
+
+MISTAKE_SETTINGS = settings(
+    max_examples=60,
+    stateful_step_count=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def _caught(error: BaseException) -> bool:
+    """A failure of the checks (not of the test machinery itself)."""
+    if isinstance(error, BaseExceptionGroup):
+        return any(_caught(e) for e in error.exceptions)
+    return isinstance(error, Refuted | AssertionError)
+
+
+@pytest.fixture
+def machine() -> Iterator[type[ClusterMachine]]:
+    yield ClusterMachine
+    if ClusterMachine.driver is not None:
+        ClusterMachine.driver.close()
+    ClusterMachine.driver = None
+    ClusterMachine.make_driver = Driver
+    ClusterMachine.bound = 15.0
+    left = {p: why for p in Driver.all_ospids if (why := leftover_worker(p))}
+    assert not left, f"worker processes left behind: {left}"
+
+
+@pytest.mark.parametrize("mistake", sorted(model_mistakes.MISTAKES))
+def test_model_based_tests_catch(mistake: str, machine: type[ClusterMachine]) -> None:
+    undo = model_mistakes.apply(mistake)
+    try:
+        machine.driver = None
+        machine.make_driver = functools.partial(Driver, mistake=mistake)
+        machine.bound = 5.0
+        with pytest.raises(Exception) as failure:
+            run_state_machine_as_test(machine, settings=MISTAKE_SETTINGS)
+    finally:
+        undo()
+    assert _caught(failure.value), f"failed for another reason: {failure.value!r}"

@@ -1,0 +1,111 @@
+"""``python -m sim``: list, run, sweep, and reproducing a failing seed."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim._cli import main
+from sim.scenarios import SCENARIOS
+
+
+def _python_m_sim(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_list_names_every_builtin_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(SCENARIOS)
+    assert {"ping", "kill-pending", "partition", "slow-launch", "many-workers"} <= set(
+        listed
+    )
+
+
+def test_run_prints_the_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "ping", "--seed", "4", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ping seed 4: ok\n")
+    assert "deliveries" in out
+
+
+def test_a_failing_run_exits_non_zero_with_the_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["run", "ping", "--seed", "4", "--faults", "fail-launch:launch=1"])
+    assert code == 1
+    assert "FAIL: LaunchError" in capsys.readouterr().out
+
+
+def test_running_twice_with_a_trace_writes_identical_files(tmp_path: Path) -> None:
+    for name in ("first.jsonl", "second.jsonl"):
+        done = _python_m_sim(
+            "run", "partition", "--seed", "12", "--trace", name, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "partition seed 12: ok" in done.stdout
+    first = (tmp_path / "first.jsonl").read_bytes()
+    assert first == (tmp_path / "second.jsonl").read_bytes()
+    assert b'"fault":"partition"' in first
+
+
+def test_a_sweep_of_passing_seeds_exits_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sweep", "kill-pending", "--seeds", "1..5"]) == 0
+    assert "5 of 5 seeds passed" in capsys.readouterr().out
+
+
+def test_a_failing_sweep_prints_a_command_that_reproduces_it(tmp_path: Path) -> None:
+    done = _python_m_sim(
+        "sweep",
+        "ping",
+        "--seeds",
+        "3..9",
+        "--faults",
+        "fail-launch:launch=1",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count(": FAIL: LaunchError") == 1
+    first = next(
+        line.split(": ")[1]
+        for line in done.stdout.splitlines()
+        if line.startswith("first failing seed")
+    )
+    [command] = [
+        line.removeprefix("reproduce: ")
+        for line in done.stdout.splitlines()
+        if line.startswith("reproduce: ")
+    ]
+    words = shlex.split(command)
+    assert words[:4] == ["python", "-m", "sim", "run"]
+    assert words[words.index("--seed") + 1] == first == "3"
+
+    again = _python_m_sim(*words[3:], cwd=tmp_path)
+    assert again.returncode == 1, again.stdout
+    assert (tmp_path / f"ping-{first}.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "no-such-scenario", "--seed", "1"],
+        ["run", "ping", "--seed", "1", "--faults", "explode:pid=2"],
+        ["sweep", "ping", "--seeds", "9..3"],
+    ],
+)
+def test_bad_arguments_exit_with_status_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2

@@ -1,0 +1,110 @@
+"""Virtual time: long timeouts cost nothing, and a stuck run is reported."""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import pytest
+import trio
+
+import ref
+import sim
+from spec.api import LaunchError
+
+
+def test_a_60_second_timeout_costs_well_under_a_second() -> None:
+    async def main() -> float:
+        async with sim.open_cluster():
+            [pid] = await ref.addprocs(1)
+            sim.hang(pid)
+            with pytest.raises(trio.TooSlowError):
+                with trio.fail_after(60.0):
+                    await ref.remotecall_fetch(ref.myid, pid)
+            return trio.current_time()
+
+    began = time.perf_counter()
+    virtual = sim.run(main, seed=1)
+    wall = time.perf_counter() - began
+    assert virtual >= 60.0
+    assert wall < 1.0
+
+
+def test_the_worker_timeout_runs_on_virtual_time() -> None:
+    """A launch that takes an hour fails at the 60 s worker timeout."""
+
+    async def main() -> float:
+        plan = sim.FaultPlan((sim.SlowLaunch(launch=1, delay=3600.0),))
+        async with sim.open_cluster(faults=plan, timeout=60.0):
+            began = trio.current_time()
+            with pytest.raises(LaunchError):
+                await ref.addprocs(1)
+            return trio.current_time() - began
+
+    began = time.perf_counter()
+    waited = sim.run(main, seed=1)
+    assert 60.0 <= waited < 61.0
+    assert time.perf_counter() - began < 1.0
+
+
+def test_a_deadlock_ends_the_run_with_the_waiting_tasks_named() -> None:
+    async def main() -> None:
+        await trio.Event().wait()
+
+    with pytest.raises(sim.SimulationStuck, match="deadlock") as stuck:
+        sim.run(main, seed=1)
+    assert "main" in str(stuck.value)
+
+
+class _Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_garbage_is_collected_before_a_run_is_called_deadlocked() -> None:
+    """What everyone waits for may be a finalizer, as with remote refs."""
+
+    async def main() -> str:
+        freed = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        weakref.finalize(_Cyclic(), token.run_sync_soon, freed.set)
+        await freed.wait()
+        return "freed"
+
+    assert sim.run(main, seed=1) == "freed"
+
+
+def test_a_hung_worker_without_a_timeout_is_a_deadlock_not_a_hang() -> None:
+    async def main() -> None:
+        async with sim.open_cluster():
+            [pid] = await ref.addprocs(1)
+            sim.hang(pid)
+            await ref.remotecall_fetch(ref.myid, pid)
+
+    with pytest.raises(sim.SimulationStuck, match="deadlock"):
+        sim.run(main, seed=1)
+
+
+def test_a_loop_that_never_lets_time_advance_is_a_livelock() -> None:
+    async def main() -> None:
+        while True:
+            await trio.sleep(0)
+
+    with pytest.raises(sim.SimulationStuck, match="livelock"):
+        sim.run(main, seed=1, livelock_after=20_000)
+
+
+def test_time_advances_only_when_every_task_waits() -> None:
+    async def main() -> list[float]:
+        seen: list[float] = []
+        async with trio.open_nursery() as nursery:
+            for delay in (3.0, 1.0, 2.0):
+
+                async def tick(delay: float = delay) -> None:
+                    await trio.sleep(delay)
+                    seen.append(trio.current_time())
+
+                nursery.start_soon(tick)
+        return seen
+
+    assert sim.run(main, seed=1) == [1.0, 2.0, 3.0]
