@@ -93,7 +93,7 @@ class RefBackend:
     """
 
     name = "ref"
-    capabilities = frozenset({"faults.kill", "real_processes"})
+    capabilities = frozenset({"blocking_calls", "faults.kill", "real_processes"})
 
     def available(self) -> str | None:
         """Import ``ref`` and check it offers ``open_cluster``."""
@@ -155,9 +155,17 @@ class SimBackend:
         return _missing(_try_import("sim"), "sim", "run_scenario")
 
     def run(self, scenario: Scenario, *, seed: int, timeout: float) -> None:
-        """Hand the scenario to ``sim.run_scenario``."""
+        """Hand the scenario to ``sim.run_scenario``.
+
+        ``timeout`` is in virtual seconds.  The simulator's own timeout
+        (``sim.ScenarioTooSlow``) becomes :class:`ScenarioTimeout`; a
+        ``trio.TooSlowError`` of the scenario's own stays what it is.
+        """
         sim = importlib.import_module("sim")
-        sim.run_scenario(scenario, seed=seed, timeout=timeout)
+        try:
+            sim.run_scenario(scenario, seed=seed, timeout=timeout)
+        except sim.ScenarioTooSlow as exc:
+            raise ScenarioTimeout(exc.timeout, exc.what) from exc
 
 
 class BrokenBackend:

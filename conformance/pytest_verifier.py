@@ -25,6 +25,9 @@ TESTED_BACKEND = "ref"
 #: Where the repository's tests are, when running from a source checkout.
 REPOSITORY = Path(__file__).resolve().parents[1]
 
+#: What a verification's detail starts with when pytest skipped a node.
+SKIPPED_MARK = "skipped by pytest:"
+
 #: pytest's exit status when it collected nothing.
 _NO_TESTS = 5
 
@@ -58,8 +61,14 @@ class PytestVerifier:
         except subprocess.TimeoutExpired:
             return False, f"pytest did not finish within {self.timeout:g} s"
 
-        tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
+        lines = done.stdout.strip().splitlines()
+        tail = lines[-1:] or ["(no output)"]
         summary = f"pytest {' '.join(nodes)}: {tail[0]}"
         if done.returncode == _NO_TESTS:
             return False, f"{summary} (no test collected: is the node ID right?)"
+        # A skipped test verified nothing: say so, with pytest's reasons
+        # (the runner reports such a behaviour as skipped, not passed).
+        skips = [line for line in lines if line.startswith("SKIPPED")]
+        if done.returncode == 0 and skips:
+            return False, f"{SKIPPED_MARK} {summary}: " + "; ".join(skips)
         return done.returncode == 0, summary

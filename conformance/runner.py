@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Protocol
 
 from conformance.backends import Backend, ScenarioTimeout
-from conformance.pytest_verifier import TESTED_BACKEND, PytestVerifier
+from conformance.pytest_verifier import SKIPPED_MARK, TESTED_BACKEND, PytestVerifier
 from conformance.registry import ScenarioSpec
 
 __all__ = [
@@ -283,6 +283,8 @@ def _judge_by_tests(
     if missing is not None:
         return Status.SKIP, missing
     passed, detail = verifier.verify(tests)
+    if detail.startswith(SKIPPED_MARK):
+        return Status.SKIP, detail
     return (Status.PASS if passed else Status.FAIL), detail
 
 

@@ -22,7 +22,6 @@ import trio
 
 from spec.api import (
     RRID,
-    LaunchError,
     ReferenceNotFoundError,
     RemoteRef,
     RmprocsTimeoutError,

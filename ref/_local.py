@@ -24,6 +24,7 @@ are set to 1).  The constructor's values are used when a key is absent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -203,10 +204,11 @@ class LocalLauncher:
         reader = LineReader(process.stdout)
         handle = LocalWorkerHandle(process, reader, self.output)
         try:
-            try:
+            # If it exited already, reading its output says how.
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError
+            ):
                 await process.stdin.send_all(f"{cookie}\n".encode("ascii"))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # it exited already: reading its output says how
             host, port = await read_address(reader, timeout, self.output)
         except BaseException:
             await handle.stop(0)

@@ -8,8 +8,9 @@ prints exactly one line ``distref_worker:<port>#<host>`` on stdout and
 flushes it, then serves.  It exits when the master asks, when its link to
 the master is lost, or when its stdin pipe reaches end of file (the
 launcher has gone).  SIGINT interrupts the calls it is running.  Unlike
-``start_worker``'s default, stderr stays apart from stdout (the local
-launcher merges the two itself).
+``start_worker``'s defaults, stdin stays open and stderr apart from stdout:
+the local launcher merges the two streams itself, and keeps stdin open as
+the worker's sign that it is still there.
 """
 
 from __future__ import annotations
@@ -57,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         # The launcher reads stdout for the address line and merges stderr
-        # into it itself; a worker started by hand keeps the two apart.
+        # into it itself, and its stdin pipe is how a worker notices that
+        # the launcher has gone: both stay as the launcher made them.
         start_worker(
-            cookie=args.cookie, bind_to=host, port=port, stderr_to_stdout=False
+            cookie=args.cookie,
+            bind_to=host,
+            port=port,
+            close_stdin=False,
+            stderr_to_stdout=False,
         )
     except ValueError as exc:
         sys.stderr.write(f"ref.worker: {exc}\n")

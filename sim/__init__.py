@@ -40,7 +40,7 @@ from ._config import (
     NetworkConfig,
     Uniform,
 )
-from ._conformance import run_scenario
+from ._conformance import ScenarioTooSlow, run_scenario
 from ._determinism import TrioInternalsChanged, check_trio_internals
 from ._faults import (
     Crash,
@@ -54,6 +54,7 @@ from ._faults import (
     SlowLaunch,
 )
 from ._guards import SimulationViolation
+from ._oracles import LeakCheck, ReferenceLeak
 from ._run import NotSimulatingError, RunResult, current_run, run, simulate
 from ._trace import FORMAT, FORMAT_VERSION
 from ._watchdog import SimulationStuck
@@ -67,6 +68,7 @@ __all__ = [
     "FailLaunch",
     "FaultPlan",
     "Hang",
+    "LeakCheck",
     "LinkConfig",
     "LogNormal",
     "NetworkConfig",
@@ -74,8 +76,10 @@ __all__ = [
     "NotSimulatingError",
     "Partition",
     "RandomFaults",
+    "ReferenceLeak",
     "Reset",
     "RunResult",
+    "ScenarioTooSlow",
     "SimulationStuck",
     "SimulationViolation",
     "Slow",

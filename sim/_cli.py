@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -116,6 +117,8 @@ def _run(args: argparse.Namespace, faults: FaultPlan | None, out: TextIO) -> int
     wall = time.perf_counter() - began
 
     verdict = "ok" if result.ok else f"FAIL: {_describe(result)}"
+    if result.ok and isinstance(result.value, str):
+        verdict = f"ok ({result.value})"
     out.write(f"{args.scenario} seed {args.seed}: {verdict}\n")
     out.write(
         f"virtual time {result.virtual_ns / 1e9:.6f} s, "
@@ -134,7 +137,8 @@ def _sweep(
 ) -> int:
     seeds: range = args.seeds
     progress = err.isatty()
-    failed: list[RunResult[None]] = []
+    failed: list[RunResult[str | None]] = []
+    endings: Counter[str] = Counter()
     began = time.perf_counter()
 
     for done, seed in enumerate(seeds, start=1):
@@ -145,6 +149,8 @@ def _sweep(
             err.write(f"\r{args.scenario}: {done}/{len(seeds)} seeds, seed {seed}")
             err.flush()
         if result.ok:
+            if isinstance(result.value, str):
+                endings[result.value] += 1
             continue
         failed.append(result)
         if progress:
@@ -162,13 +168,16 @@ def _sweep(
         f"{args.scenario}: {ran - len(failed)} of {ran} seeds passed "
         f"in {wall:.2f} s wall\n"
     )
+    if endings:
+        tally = ", ".join(f"{name} {n}" for name, n in sorted(endings.items()))
+        out.write(f"endings of the passing seeds: {tally}\n")
     if failed:
         out.write(f"first failing seed: {failed[0].seed}\n")
         return 1
     return 0
 
 
-def _describe(result: RunResult[None]) -> str:
+def _describe(result: RunResult[str | None]) -> str:
     error = sole(result.error) if result.error is not None else None
     if error is None:
         return "ok"

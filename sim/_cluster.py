@@ -32,6 +32,7 @@ from ._faults import FaultInjector, FaultPlan
 from ._launcher import SimLauncher, SimTransport
 from ._network import SIM_HOST, Network
 from ._node import Node
+from ._oracles import check_references
 from ._run import Run, current_run
 
 log = logging.getLogger("sim")
@@ -316,14 +317,18 @@ async def open_cluster(
     network: NetworkConfig | None = None,
     faults: FaultPlan | None = None,
     timeout: float | None = None,
+    check_leaks: bool = True,
 ) -> AsyncIterator[ref.Cluster]:
     """Become the master of a new simulated cluster for the block's duration.
 
     Must run inside ``sim.run``.  ``timeout`` is the worker timeout
-    (``DISTREF_WORKER_TIMEOUT`` by default, as for ``ref``).  On exit the
-    runtime shuts its workers down as under ``ref``; whatever still runs
-    afterwards (a hung worker) is cancelled with the world.  An error from
-    the block propagates as raised, as from ``ref.open_cluster``.
+    (``DISTREF_WORKER_TIMEOUT`` by default, as for ``ref``).  When the
+    block ends without an error, the leak oracle checks that every remote
+    value no live process references has been freed, and raises
+    ``sim.ReferenceLeak`` otherwise (``check_leaks=False`` skips it).  On
+    exit the runtime shuts its workers down as under ``ref``; whatever
+    still runs afterwards (a hung worker) is cancelled with the world.  An
+    error from the block propagates as raised, as from ``ref.open_cluster``.
     """
     run = current_run()
     config = network or NetworkConfig()
@@ -349,6 +354,11 @@ async def open_cluster(
                 ) as cluster:
                     world.attach(master, cluster.master, make_current=False)
                     yield cluster
+                    # Reached only when the block ended without an error.
+                    if check_leaks:
+                        check = await check_references(world)
+                        run.leak_checks.append(check)
+                        check.raise_if_leaked()
             finally:
                 _world.reset(token)
                 nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ deliveries is a function of the seed.
 from __future__ import annotations
 
 import bisect
+import contextvars
 import errno
 import heapq
 import itertools
@@ -251,7 +252,20 @@ class SimStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is reading this stream")
         self._receiving = True
         try:
-            await self.node.step()
+            inp = self._in
+            node = self.node
+            if (
+                inp.buffer
+                or inp.eof
+                or inp.broken
+                or self.closed
+                or node.hung
+                or node.step_delay > 0
+            ):
+                await node.step()
+            # Otherwise nothing is there to read yet, and waiting for it is
+            # this call's checkpoint, as with trio's sockets: a read
+            # checkpoints once, by returning what is there or by waiting.
             return await self._receive(max_bytes)
         finally:
             self._receiving = False
@@ -441,6 +455,27 @@ class Network:
                 "release", conn=direction.conn.id, chunk=chunk.kind, at=arrival
             )
 
+    def busy(self) -> bool:
+        """Whether any byte is in flight, held by a partition, or unread.
+
+        Unread bytes count only where a live reader could still take them.
+        """
+        if self._heap:
+            return True
+        for conn in self.connections:
+            for direction in conn.directions():
+                if direction.held:
+                    return True
+                if (
+                    direction.buffer
+                    and not direction.broken
+                    and not direction.reader_closed
+                    and not direction.dst.dead
+                    and not direction.dst.done.is_set()
+                ):
+                    return True
+        return False
+
     # ----------------------------------------------------------- listening
 
     async def listen(
@@ -623,20 +658,60 @@ class Network:
     # ------------------------------------------------------------ delivery
 
     async def pump(self) -> None:
-        """Deliver chunks as virtual time reaches them; runs until cancelled."""
-        while True:
-            deadline = self._heap[0][0] / 1e9 if self._heap else math.inf
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._pump_scope = scope
-                await trio.sleep_forever()
-            self._pump_scope = None
+        """Deliver chunks as virtual time reaches them; runs until cancelled.
 
-            # Compare in seconds, as trio did when it woke us, so a rounding
-            # difference cannot leave a due chunk behind.
-            now = trio.current_time()
-            while self._heap and self._heap[0][0] / 1e9 <= now:
-                _, _, chunk = heapq.heappop(self._heap)
-                self._deliver(chunk)
+        The delivering is mostly done by ``_DeliveryHook``, from the run
+        loop, each time it wakes up: at an arrival, before any task runs,
+        the hook hands the chunks due to their readers, so neither this task
+        nor an extra pass of the scheduler is needed per delivery.  This
+        task keeps the next arrival as its deadline, which is what makes the
+        mock clock jump there when every task waits, and delivers whatever
+        the hook did not (it wakes when that deadline passes).
+        """
+        hook = _DeliveryHook(self, trio.lowlevel.current_task().context)
+        trio.lowlevel.add_instrument(hook)
+        try:
+            while True:
+                with trio.CancelScope(deadline=self._next_arrival()) as scope:
+                    self._pump_scope = scope
+                    await trio.sleep_forever()
+                self._pump_scope = None
+                if hook.failure is not None:
+                    raise hook.failure
+                self._deliver_due(trio.current_time())
+        finally:
+            self._pump_scope = None
+            trio.lowlevel.remove_instrument(hook)
+
+    def _next_arrival(self) -> float:
+        """When the next chunk in flight arrives, in trio's seconds."""
+        return self._heap[0][0] / 1e9 if self._heap else math.inf
+
+    def _deliver_due(self, now: float) -> None:
+        """Deliver, in order, every chunk due by ``now`` (trio's seconds)."""
+        # Compared in seconds, as trio compares deadlines, so a rounding
+        # difference cannot leave a due chunk behind.
+        heap = self._heap
+        while heap and heap[0][0] / 1e9 <= now:
+            self._deliver(heapq.heappop(heap)[2])
+
+    def on_wakeup(self, context: contextvars.Context, hook: _DeliveryHook) -> None:
+        """The run loop woke up: deliver what is due, in the pump's context."""
+        heap = self._heap
+        scope = self._pump_scope
+        if not heap or scope is None:
+            return
+        now = trio.current_time()
+        if heap[0][0] / 1e9 > now:
+            return
+        try:
+            context.run(self._deliver_due, now)
+        except BaseException as exc:
+            # The pump raises it, from a task, where it belongs.
+            hook.failure = exc
+            scope.cancel()
+            return
+        scope.deadline = self._next_arrival()
 
     def _deliver(self, chunk: _Chunk) -> None:
         direction = chunk.direction
@@ -760,6 +835,23 @@ class Network:
                 conn.forward.broken and conn.backward.broken
             ):
                 yield conn
+
+
+class _DeliveryHook(trio.abc.Instrument):
+    """Calls ``Network.on_wakeup`` each time trio's run loop wakes up.
+
+    trio calls ``after_io_wait`` once per pass of its run loop, after the
+    clock moved and before it expires deadlines and runs the tasks that
+    are ready, so a chunk delivered here is read in the same pass.
+    """
+
+    def __init__(self, network: Network, context: contextvars.Context) -> None:
+        self._network = network
+        self._context = context
+        self.failure: BaseException | None = None
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._network.on_wakeup(self._context, self)
 
 
 def _stream_order(chunk: _Chunk) -> int:

@@ -44,6 +44,8 @@ from ._watchdog import MAX_ITERATIONS_PER_INSTANT, SimulationStuck, Watchdog
 if TYPE_CHECKING:
     from ref._process import Process
 
+    from ._oracles import LeakCheck
+
 T = TypeVar("T")
 
 #: The OS pid ``os.getpid()`` answers outside any simulated process.
@@ -78,6 +80,7 @@ class Run:
         self._clusters = itertools.count()
         self._ospids = itertools.count(FIRST_OSPID)
         self._processes: dict[Process, int] = {}
+        self.leak_checks: list[LeakCheck] = []
 
     def rng(self, name: str) -> random.Random:
         """The run's generator for ``name``; the same name, the same draws."""
@@ -143,6 +146,8 @@ class RunResult(Generic[T]):
     virtual_ns: int
     deliveries: int
     trace: Trace
+    #: The leak oracle's findings, one per cluster whose block ended cleanly.
+    leak_checks: tuple[LeakCheck, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -218,7 +223,15 @@ def simulate(
         if error is not None and error is not violation:
             violation.add_note(f"the run itself ended with {error!r}")
         error = violation
-    return RunResult(seed, value, error, run.end_ns, run.deliveries, recorder)
+    return RunResult(
+        seed,
+        value,
+        error,
+        run.end_ns,
+        run.deliveries,
+        recorder,
+        tuple(run.leak_checks),
+    )
 
 
 async def _main_with_collector(

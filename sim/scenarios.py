@@ -13,6 +13,8 @@ checkouts.
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import trio
 
 import ref
-from spec.api import LaunchError, ProcessExitedException
+from spec.api import LaunchError, NoActiveWorkerError, ProcessExitedException
 
 from ._cluster import crash, partition
 from ._cluster import open_cluster as _open_cluster
@@ -47,12 +49,16 @@ class Options:
 
 @dataclass(frozen=True)
 class BuiltinScenario:
-    """A named scenario, its default worker count, and its body."""
+    """A named scenario, its default worker count, and its body.
+
+    A body that returns a string names the outcome the run took (for a
+    scenario with several correct endings); ``sweep`` counts them.
+    """
 
     name: str
     summary: str
     workers: int
-    body: Callable[[Options], Awaitable[None]]
+    body: Callable[[Options], Awaitable[str | None]]
 
 
 # Functions the scenarios call on workers.
@@ -262,6 +268,192 @@ async def chaos(opts: Options) -> None:
                 nursery.start_soon(keep_calling, pid)
 
 
+# pmap under worker crashes (issue 5's campaign).
+
+#: Virtual seconds each pmap-crashes element spends on its worker, so the
+#: map lasts long enough for the drawn crashes to land inside it.
+PMAP_WORK = 0.01
+
+#: Elements the ``pmap-crashes`` scenario maps over.
+PMAP_ITEMS = 1000
+
+#: The share of seeds whose plan crashes every worker.
+ALL_CRASH_SHARE = 0.25
+
+#: The two correct endings of a pmap-crashes run.
+COMPLETED = "completed"
+ALL_CRASHED = "all-crashed"
+
+#: How many times each element started running, across every simulated
+#: process.  The processes share this interpreter (docs/simulator.md), so
+#: the workers' counts are visible to the master; reset by each run.
+_STARTED: Counter[int] = Counter()
+
+
+async def tagged_square(x: int) -> tuple[int, int]:
+    """The mapped function: count the start, work a while, tag the answer."""
+    _STARTED[x] += 1
+    await trio.sleep(PMAP_WORK)
+    return (x, x * x)
+
+
+@dataclass(frozen=True)
+class CrashPlan:
+    """Which workers a pmap-crashes run kills, and when (seconds after the
+    map began), in firing order."""
+
+    crashes: tuple[tuple[float, int], ...]
+    everyone: bool
+
+
+def _pick(rng: random.Random, n: int) -> int:
+    return min(n - 1, int(rng.random() * n))
+
+
+def draw_crash_plan(rng: random.Random, pids: list[int], items: int) -> CrashPlan:
+    """Draw the victims and their moments from ``rng`` (only ``random()``).
+
+    With probability ``ALL_CRASH_SHARE`` every worker dies, all within the
+    first half of the time the map needs when nobody dies, so the map
+    cannot finish first.  Otherwise 0 to ``len(pids) - 1`` workers die at
+    moments spread over that time: at least one survives.
+    """
+    fastest = items * PMAP_WORK / len(pids)
+    everyone = rng.random() < ALL_CRASH_SHARE
+    if everyone:
+        count, window = len(pids), fastest / 2
+    else:
+        count, window = _pick(rng, len(pids)), fastest
+    order = list(pids)
+    for i in range(len(order) - 1, 0, -1):  # Fisher-Yates on random()
+        j = _pick(rng, i + 1)
+        order[i], order[j] = order[j], order[i]
+    moments = sorted(0.01 + rng.random() * window for _ in range(count))
+    return CrashPlan(tuple(zip(moments, order[:count], strict=True)), everyone)
+
+
+async def pmap_campaign(opts: Options, items: int) -> str:
+    """pmap over ``items`` elements while drawn workers crash; returns the ending.
+
+    The elements are retried with one delay per worker, so an element can
+    outlive every worker dying under it in turn.  While a worker survives
+    the map must return every result once, in input order; when all die
+    it must raise NoActiveWorkerError (retries spent on an empty pool).
+    Each dead worker may fail at most one element (its one call in
+    flight), and an element runs again only after its worker died.
+    """
+    async with _open_cluster(
+        network=opts.network, faults=opts.faults, timeout=opts.worker_timeout
+    ):
+        pids = await ref.addprocs(opts.workers)
+        plan = draw_crash_plan(current_run().rng("scenario.pmap-crashes"), pids, items)
+        _STARTED.clear()
+        fired: list[int] = []
+        failures: list[BaseException] = []
+
+        def note(state: object, exc: BaseException) -> tuple[object, bool]:
+            failures.append(exc)
+            return state, True
+
+        async def crasher(began: float) -> None:
+            for moment, pid in plan.crashes:
+                await trio.sleep_until(began + moment)
+                crash(pid)
+                fired.append(pid)
+
+        ending: list[object] | NoActiveWorkerError
+        # Generous: the slowest correct run is one worker doing it all.
+        bound = 60.0 + 10 * items * PMAP_WORK
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(crasher, trio.current_time())
+            with trio.fail_after(bound):
+                try:
+                    ending = await ref.pmap(
+                        tagged_square,
+                        range(items),
+                        retry_delays=[0.01] * len(pids),
+                        retry_check=note,
+                    )
+                except NoActiveWorkerError as exc:
+                    ending = exc
+            nursery.cancel_scope.cancel()
+
+        _check_failures(failures, fired)
+        extra = sum(_STARTED.values()) - sum(1 for _ in _STARTED)
+        exited = sum(isinstance(f, ProcessExitedException) for f in failures)
+        if extra > exited:
+            raise AssertionError(
+                f"elements ran {extra} extra times but only {exited} calls "
+                "failed because a worker died"
+            )
+        if plan.everyone:
+            if not isinstance(ending, NoActiveWorkerError):
+                raise AssertionError(
+                    f"every worker crashed ({fired}), yet pmap returned "
+                    f"{_summary(ending)}"
+                )
+            if sorted(fired) != sorted(pids):
+                raise AssertionError(
+                    f"pmap raised NoActiveWorkerError with workers alive: "
+                    f"only {fired} of {pids} crashed"
+                )
+            return ALL_CRASHED
+        if isinstance(ending, NoActiveWorkerError):
+            raise AssertionError(
+                f"pmap raised {ending!r} although only {fired} of {pids} crashed"
+            )
+        expected = [(x, x * x) for x in range(items)]
+        if ending != expected:
+            raise AssertionError(
+                f"with {fired} crashed, pmap returned {_summary(ending)}; "
+                f"wrong at {_first_difference(ending, expected)}"
+            )
+        if set(_STARTED) != set(range(items)):
+            raise AssertionError("some elements never ran, yet have results")
+        if any(isinstance(f, NoActiveWorkerError) for f in failures):
+            raise AssertionError(
+                f"an element found the pool empty although {len(pids) - len(fired)} "
+                "workers survived"
+            )
+        return COMPLETED
+
+
+def _check_failures(failures: list[BaseException], fired: list[int]) -> None:
+    """Every retried failure is a death of a crashed worker, once each, or
+    an empty pool."""
+    dead: Counter[int] = Counter()
+    for failure in failures:
+        if isinstance(failure, ProcessExitedException):
+            dead[failure.worker_id] += 1
+        elif not isinstance(failure, NoActiveWorkerError):
+            raise AssertionError(f"an element failed with {failure!r}")
+    strangers = set(dead) - set(fired)
+    twice = sorted(pid for pid, n in dead.items() if n > 1)
+    if strangers or twice:
+        raise AssertionError(
+            f"ProcessExitedException named workers that did not crash "
+            f"({sorted(strangers)}) or failed several elements ({twice})"
+        )
+
+
+def _summary(value: object) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} results"
+    return repr(value)
+
+
+def _first_difference(got: list[object], expected: list[tuple[int, int]]) -> str:
+    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
+        if a != b:
+            return f"index {i}: {a!r} instead of {b!r}"
+    return f"length {len(got)} instead of {len(expected)}"
+
+
+async def pmap_crashes(opts: Options) -> str:
+    """pmap of ``PMAP_ITEMS`` elements with retries while workers crash."""
+    return await pmap_campaign(opts, PMAP_ITEMS)
+
+
 SCENARIOS: dict[str, BuiltinScenario] = {
     s.name: s
     for s in (
@@ -293,6 +485,13 @@ SCENARIOS: dict[str, BuiltinScenario] = {
             4,
             chaos,
         ),
+        BuiltinScenario(
+            "pmap-crashes",
+            "pmap with retries returns every result once while a worker "
+            "survives, else raises NoActiveWorkerError",
+            8,
+            pmap_crashes,
+        ),
     )
 }
 
@@ -306,7 +505,7 @@ def run_builtin(
     network: NetworkConfig | None = None,
     trace: str | Path | None = None,
     record: bool = False,
-) -> RunResult[None]:
+) -> RunResult[str | None]:
     """Run built-in scenario ``name`` once; the result says how it ended."""
     scenario = SCENARIOS.get(name)
     if scenario is None:
@@ -317,7 +516,7 @@ def run_builtin(
         network=network or NetworkConfig(),
     )
 
-    async def main() -> None:
-        await scenario.body(opts)
+    async def main() -> str | None:
+        return await scenario.body(opts)
 
     return simulate(main, seed=seed, trace=trace, record=record, scenario=name)

@@ -784,6 +784,7 @@ class Model:
     calls: dict[int, Call] = field(default_factory=dict)
     jobs: dict[int, Job] = field(default_factory=dict)
     next_job: int = 0
+    left_at: dict[int, int] = field(default_factory=dict)
     seen: set[Key] | None = None
 
     @classmethod
@@ -826,6 +827,7 @@ class Model:
             calls=dict(self.calls),
             jobs=dict(self.jobs),
             next_job=self.next_job,
+            left_at=dict(self.left_at),
             seen=self.seen,
         )
 
@@ -844,6 +846,7 @@ class Model:
             tuple(sorted(self.pools.items())),
             tuple(sorted(self.calls.items(), key=lambda item: item[0])),
             tuple(sorted(map(repr, self.jobs.values()))),
+            tuple(sorted(self.left_at.items())),
         )
 
     def _fire_worker(self, pid: int, event: WorkerEvent) -> str | None:
@@ -930,7 +933,7 @@ class Model:
                 if touched is not None:
                     yield f"call {cid} reaches the owner and waits", touched
         for jid, job in sorted(self.jobs.items()):
-            if job.ghost and not optional:
+            if (job.ghost or self._stranger(job)) and not optional:
                 continue
             ran = self._run_job(jid, job)
             for nxt in ran:
@@ -942,6 +945,21 @@ class Model:
             if state in (WorkerState.DYING, WorkerState.REMOVING):
                 for nxt in self.clone()._lose(pid):
                     yield f"master notices {pid} left", nxt
+
+    def _stranger(self, job: Job) -> bool:
+        """Whether ``job`` needs a departed process, from another worker.
+
+        A worker that joined after a process left was never told, and one
+        that had no link to it yet may be connecting when it dies: either
+        waits for a connection that never comes and fails after its timeout
+        ("peer did not connect", DistributedError).  That answer can be
+        slow, so the model does not require it to have come.
+        """
+        fn = job.fn
+        if not isinstance(fn, TakeFrom | PutInto) or job.on == MASTER:
+            return False
+        owner = self.channels[fn.ref].owner
+        return owner != job.on and owner in self.left_at
 
     def _touch(self, ref: str | None) -> Model | None:
         """A waiting operation on ``ref`` has reached the owner.
@@ -1183,8 +1201,18 @@ class Model:
             return [(self, Returned(on))]
         if isinstance(fn, Sleep):
             return []
-        outcomes = self._channel_op(fn, on)  # TakeFrom or PutInto
-        return [(m, _raised_in(out, on)) for m, out in outcomes]
+        owner = self.channels[fn.ref].owner
+        gave_up = (self, _raised_in(Raised("DistributedError"), on))
+        if on != MASTER and on != owner and on >= self.left_at.get(owner, on + 1):
+            return [gave_up]
+        outcomes = [
+            (m, _raised_in(out, on)) for m, out in self._channel_op(fn, on)
+        ]  # TakeFrom or PutInto
+        if on not in (MASTER, owner) and owner in self.left_at:
+            # A worker's first contact with a peer that died meanwhile: the
+            # lazy connection gives up ("peer did not connect"), as Julia's.
+            outcomes.append(gave_up)
+        return outcomes
 
     def _deliver(self, job: Job, result: Outcome) -> None:
         if job.future is not None:
@@ -1606,6 +1634,8 @@ class Model:
         """The master noticed that ``pid``'s link is gone (mutates a copy)."""
         m = self
         m._fire_worker(pid, WorkerEvent.LINK_LOST)
+        # Workers started from now on never hear of pid (see _stranger).
+        m.left_at[pid] = m.next_pid
         if pid in m.links:
             m._fire_link(pid, LinkEvent.EOF)
 

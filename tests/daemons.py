@@ -179,7 +179,9 @@ class SshServer:
 def sshd_unavailable() -> str | None:
     """Why no sshd can run here, or None."""
     if not os.path.exists(SSHD):
-        return f"sshd is not installed ({SSHD} missing; .ci/run installs openssh-server)"
+        return (
+            f"sshd is not installed ({SSHD} missing; .ci/run installs openssh-server)"
+        )
     if shutil.which("ssh") is None:
         return "the ssh client is not installed"
     return None
@@ -437,14 +439,30 @@ def _start_munge(cluster: SlurmCluster) -> None:
     munge_run.mkdir(exist_ok=True)
     shutil.chown(munge_run, "munge", "munge")
     if not Path("/etc/munge/munge.key").exists():
-        run(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "--",
-             "mungekey", "--create"])  # fmt: skip
+        run(
+            [
+                "setpriv",
+                "--reuid=munge",
+                "--regid=munge",
+                "--init-groups",
+                "--",
+                "mungekey",
+                "--create",
+            ]
+        )
     out = (cluster.folder / "log" / "munged.out").open("wb")
     with out:
         cluster.processes.append(
             subprocess.Popen(
-                ["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "--",
-                 "/usr/sbin/munged", "-F"],  # fmt: skip
+                [
+                    "setpriv",
+                    "--reuid=munge",
+                    "--regid=munge",
+                    "--init-groups",
+                    "--",
+                    "/usr/sbin/munged",
+                    "-F",
+                ],
                 stdout=out,
                 stderr=out,
             )

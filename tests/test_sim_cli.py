@@ -66,6 +66,17 @@ def test_a_sweep_of_passing_seeds_exits_zero(
     assert "5 of 5 seeds passed" in capsys.readouterr().out
 
 
+def test_a_sweep_counts_the_endings_of_scenarios_that_name_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sweep", "pmap-crashes", "--seeds", "0..1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 seeds passed" in out
+    [line] = [x for x in out.splitlines() if x.startswith("endings of the passing")]
+    counts = [int(word.strip(",")) for word in line.split(": ")[1].split()[1::2]]
+    assert sum(counts) == 2, line
+
+
 def test_a_failing_sweep_prints_a_command_that_reproduces_it(tmp_path: Path) -> None:
     done = _python_m_sim(
         "sweep",

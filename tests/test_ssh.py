@@ -141,7 +141,9 @@ async def test_a_count_starts_one_session_and_the_rest_from_the_first_worker(
             assert pids == [2, 3, 4]
             seen = {p: await ref.remotecall_fetch(facts, p) for p in pids}
             sessions = [
-                p for p in pids if isinstance(config_of(cluster, p).process, trio.Process)
+                p
+                for p in pids
+                if isinstance(config_of(cluster, p).process, trio.Process)
             ]
             assert sessions == [2]
             first = seen[2]["pid"]

@@ -3,6 +3,9 @@
 The conformance scenarios (``conformance/scenarios/topology.py``) cover the
 contract through the API.  These tests cover what a scenario cannot stage:
 
+* the TCP connections each worker holds in an eager and in a
+  ``master_worker`` cluster (one per linked pair, dialled by the higher pid);
+
 * an eager worker that cannot reach a listed peer logs upstream's line and
   exits with status 1 (a real worker process);
 * the two wordings of an eager worker's wait for a peer that never dials,
@@ -24,6 +27,7 @@ from conftest import OpenTestCluster
 
 import ref
 import sim
+from conformance.scenarios._probes import Sockets, tcp_sockets
 from ref._context import current_process
 from ref._local import LocalLauncher, LocalWorkerHandle
 from ref._process import Process
@@ -129,6 +133,45 @@ async def test_an_eager_worker_that_cannot_reach_a_peer_logs_and_exits_1(
         # The cluster is unharmed.
         assert ref.workers() == [low]
         assert await ref.remotecall_fetch(ref.myid, low) == low
+
+
+# ------------------------------------------------ sockets, as the OS sees them
+
+
+async def _sockets(pid: int) -> Sockets:
+    return Sockets(*await ref.remotecall_fetch(tcp_sockets, pid))
+
+
+async def test_eager_workers_dial_every_lower_worker_before_joining(
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    async with open_test_cluster():
+        pids = await ref.addprocs(3, lazy=False)
+        for pid in pids:
+            found = await _sockets(pid)
+            lower = [p for p in pids if p < pid]
+            higher = [p for p in pids if p > pid]
+            # One dialled to each lower worker; accepted: the master's and
+            # one from each higher worker.
+            assert len(found.dialed()) == len(lower), (pid, found)
+            assert len(found.accepted()) == 1 + len(higher), (pid, found)
+
+
+async def test_master_worker_workers_hold_no_connection_between_them(
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    async with open_test_cluster():
+        pids = await ref.addprocs(3, topology="master_worker")
+        for caller in pids:
+            for callee in pids:
+                if callee != caller:
+                    with pytest.raises(ref.RemoteException) as caught:
+                        await ref.remotecall_fetch(_call, caller, callee)
+                    assert isinstance(caught.value.exception, ref.TopologyError)
+        for pid in pids:
+            found = await _sockets(pid)
+            assert len(found.connected) == 1, (pid, found)
+            assert found.accepted() == found.connected, (pid, found)
 
 
 # --------------------------------------------------- eager peer timeouts

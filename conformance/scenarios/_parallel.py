@@ -1,9 +1,8 @@
 """What the pool, pmap and construct scenarios ship to other processes.
 
 Like ``_shipped``, everything here lives at module level so that it travels
-by reference, and its state exists separately in every process that
-imports it: a scenario reads a worker's state by calling the reader *on
-that worker*.  Keys are fresh per scenario (``new_key``).
+by reference, and its state is kept per process (``PerProcess``): a
+scenario reads a worker's state by calling the reader *on that worker*.  Keys are fresh per scenario (``new_key``).
 """
 
 from __future__ import annotations
@@ -19,30 +18,31 @@ import trio
 
 from spec.api import DistributedAPI, RemoteException
 
-from ._shipped import ScenarioError, record
+from ._shipped import PerProcess, ScenarioError, record
 
 # ------------------------------------------------- concurrency probe
 
-_active: dict[str, int] = {}
-_peak: dict[str, int] = {}
-_count: dict[str, int] = {}
+_active: PerProcess[dict[str, int]] = PerProcess(dict)
+_peak: PerProcess[dict[str, int]] = PerProcess(dict)
+_count: PerProcess[dict[str, int]] = PerProcess(dict)
 
 
 async def probe(key: str, seconds: float, x: Any) -> Any:
     """Count how many probes of ``key`` run at once in this process."""
-    _active[key] = _active.get(key, 0) + 1
-    _peak[key] = max(_peak.get(key, 0), _active[key])
-    _count[key] = _count.get(key, 0) + 1
+    active, peak, count = _active.here(), _peak.here(), _count.here()
+    active[key] = active.get(key, 0) + 1
+    peak[key] = max(peak.get(key, 0), active[key])
+    count[key] = count.get(key, 0) + 1
     try:
         await trio.sleep(seconds)
     finally:
-        _active[key] -= 1
+        active[key] -= 1
     return x
 
 
 def probe_stats(key: str) -> tuple[int, int]:
     """``(most probes at once, probes run)`` of ``key`` in this process."""
-    return _peak.get(key, 0), _count.get(key, 0)
+    return _peak.here().get(key, 0), _count.here().get(key, 0)
 
 
 async def probe_whoami(
@@ -56,12 +56,13 @@ async def probe_whoami(
 # ----------------------------------------------- counted shipments
 
 
-_unpickled: dict[str, int] = {}
-_alive: dict[str, weakref.WeakSet[Counted]] = {}
+_unpickled: PerProcess[dict[str, int]] = PerProcess(dict)
+_alive: PerProcess[dict[str, weakref.WeakSet[Counted]]] = PerProcess(dict)
 
 
 def _arrive_counted(key: str, payload: bytes) -> Counted:
-    _unpickled[key] = _unpickled.get(key, 0) + 1
+    unpickled = _unpickled.here()
+    unpickled[key] = unpickled.get(key, 0) + 1
     return Counted(key, payload)
 
 
@@ -75,7 +76,7 @@ class Counted:
     def __init__(self, key: str, payload: bytes = b"") -> None:
         self.key = key
         self.payload = payload
-        _alive.setdefault(key, weakref.WeakSet()).add(self)
+        _alive.here().setdefault(key, weakref.WeakSet()).add(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Counted) and other.key == self.key
@@ -92,29 +93,30 @@ class Counted:
 
 def unpickled(key: str) -> int:
     """How many Counted objects of ``key`` were unpickled in this process."""
-    return _unpickled.get(key, 0)
+    return _unpickled.here().get(key, 0)
 
 
 def alive(key: str) -> int:
     """How many Counted objects of ``key`` still exist in this process."""
     gc.collect()
-    return len(_alive.get(key, ()))
+    return len(_alive.here().get(key, ()))
 
 
 # ----------------------------------------------------- attempts
 
 
-_attempts: dict[tuple[str, Any], int] = {}
+_attempts: PerProcess[dict[tuple[str, Any], int]] = PerProcess(dict)
 
 
 def attempt(key: str, x: Any) -> int:
     """Count one more attempt at element ``x`` here; returns the count."""
-    n = _attempts[(key, x)] = _attempts.get((key, x), 0) + 1
+    attempts = _attempts.here()
+    n = attempts[(key, x)] = attempts.get((key, x), 0) + 1
     return n
 
 
 def attempts(key: str, x: Any) -> int:
-    return _attempts.get((key, x), 0)
+    return _attempts.here().get((key, x), 0)
 
 
 def always_fail(key: str, x: Any) -> Any:

@@ -1,8 +1,9 @@
 """Probes and helpers for the membership, handshake and removal scenarios.
 
 Functions that run on workers travel by reference, so they live here at
-module level; each worker imports this module afresh, so its module-level
-state (``_state``, ``_worker_log``) is separate in every process.  A probe
+module level; their state (``_state``, ``_worker_log``) is kept per process
+(``PerProcess``), which holds also where a simulator runs every process in
+one interpreter.  A probe
 that must call back into the cluster receives the API object ``d``.
 
 Some probes look at the operating system of the process they run in
@@ -27,6 +28,8 @@ from typing import NamedTuple
 import trio
 
 from spec.api import DistributedAPI, ProcessExitedException
+
+from ._shipped import PerProcess
 
 #: Seconds a wait that should succeed may take before the scenario fails.
 PATIENCE = 10.0
@@ -111,21 +114,31 @@ def captured_log(d: DistributedAPI) -> Iterator[LogRecords]:
         logger.setLevel(old_level)
 
 
-_worker_log: list[str] = []
+_worker_log: PerProcess[list[str]] = PerProcess(list)
+_worker_capturing: set[int] = set()
 _worker_handler: logging.Handler | None = None
 
 
 class _WorkerCollector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        _worker_log.append(record.getMessage())
+        # The line belongs to the process whose task logged it, even where
+        # processes share an interpreter and so this handler.
+        if os.getpid() in _worker_capturing:
+            _worker_log.here().append(record.getMessage())
 
 
 def start_log_capture(log_name: str) -> None:
-    """On the process this runs on: collect what ``log_name`` logs from now."""
+    """On the process this runs on: collect what ``log_name`` logs from now.
+
+    What an earlier capture in this process collected is dropped.
+    """
     global _worker_handler
+    _worker_log.here().clear()
+    _worker_capturing.add(os.getpid())
     logger = logging.getLogger(log_name)
     if _worker_handler is None:
         _worker_handler = _WorkerCollector(logging.DEBUG)
+    if _worker_handler not in logger.handlers:
         logger.addHandler(_worker_handler)
     if logger.getEffectiveLevel() > logging.WARNING:
         logger.setLevel(logging.WARNING)
@@ -133,7 +146,7 @@ def start_log_capture(log_name: str) -> None:
 
 def logged_here() -> list[str]:
     """What ``start_log_capture`` collected on the process this runs on."""
-    return list(_worker_log)
+    return list(_worker_log.here())
 
 
 # ------------------------------------------------------------ plain probes
@@ -150,21 +163,21 @@ async def myid_of(d: DistributedAPI, pid: int) -> int:
     return answer
 
 
-_state: dict[str, str] = {}
+_state: PerProcess[dict[str, str]] = PerProcess(dict)
 
 
 def set_state(key: str, value: str) -> None:
     """Set module-level state in the process this runs on."""
-    _state[key] = value
+    _state.here()[key] = value
 
 
 def get_state(key: str) -> str | None:
     """Module-level state of the process this runs on, None if unset."""
-    return _state.get(key)
+    return _state.here().get(key)
 
 
 def forget_state(key: str) -> None:
-    _state.pop(key, None)
+    _state.here().pop(key, None)
 
 
 def hold_without_yielding(seconds: float) -> None:

@@ -1,11 +1,11 @@
 """What the call, future and error scenarios ship to other processes.
 
 Functions sent to a worker travel by reference, so they must live at module
-level in an importable module: this one.  Its module-level state (gates,
-records, captured log lines) exists separately in every process that
-imports it, so a scenario reads a worker's state by calling ``records`` or
-``logged`` *on that worker*.  Keys are fresh per scenario (``new_key``)
-because the master keeps this module loaded from one scenario to the next.
+level in an importable module: this one.  Its state (gates,
+records, captured log lines) is kept per process (``PerProcess``), so a
+scenario reads a worker's state by calling ``records`` or ``logged`` *on
+that worker*.  Keys are fresh per scenario (``new_key``) because the master
+keeps this module loaded from one scenario to the next.
 
 Nothing here imports a backend: a function that must call back into the
 cluster receives the API object ``d`` as an argument.
@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import sys
 import threading
 import types
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -33,6 +34,36 @@ from spec.api import DistributedAPI, RemoteException
 
 #: Seconds a wait that should succeed may take before the scenario fails.
 PATIENCE = 10.0
+
+T = TypeVar("T")
+
+# ------------------------------------------------------- per-process state
+
+
+class PerProcess(Generic[T]):
+    """One ``T`` for each process of the cluster, made on first use.
+
+    Module-level state in a module that workers import is per process when
+    every process is an OS process of its own (``ref``), but a simulator
+    may run all of them in one interpreter, sharing the module.  Keying
+    the state by ``os.getpid()`` keeps it per process on both: a simulator
+    answers ``os.getpid()`` with the pid of the simulated process whose
+    task asks.  A simulator may reuse a pid in a later run, so what is
+    kept here must still be keyed by something fresh per scenario.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._by_process: dict[int, T] = {}
+
+    def here(self) -> T:
+        """The ``T`` of the process this runs on."""
+        pid = os.getpid()
+        value = self._by_process.get(pid)
+        if value is None:
+            value = self._by_process[pid] = self._factory()
+        return value
+
 
 # ------------------------------------------------------------------ waiting
 
@@ -74,13 +105,14 @@ async def until_gone(d: DistributedAPI, pid: int) -> None:
 
 # ------------------------------------------------------------------- gates
 
-_gates: dict[str, trio.Event] = {}
+_gates: PerProcess[dict[str, trio.Event]] = PerProcess(dict)
 
 
 def _gate(key: str) -> trio.Event:
-    event = _gates.get(key)
+    gates = _gates.here()
+    event = gates.get(key)
     if event is None:
-        event = _gates[key] = trio.Event()
+        event = gates[key] = trio.Event()
     return event
 
 
@@ -98,17 +130,17 @@ def open_gate(key: str) -> None:
 
 # ----------------------------------------------------------------- records
 
-_records: dict[str, list[Any]] = {}
+_records: PerProcess[dict[str, list[Any]]] = PerProcess(dict)
 
 
 def record(key: str, item: Any) -> None:
     """Append ``item`` to this process's list under ``key``."""
-    _records.setdefault(key, []).append(item)
+    _records.here().setdefault(key, []).append(item)
 
 
 def records(key: str) -> list[Any]:
     """A copy of this process's list under ``key``."""
-    return list(_records.get(key, []))
+    return list(_records.here().get(key, []))
 
 
 # ------------------------------------------------------------- arguments
@@ -199,20 +231,42 @@ def raise_unloadable(first: str, second: str) -> None:
 #: A module that only a process which ran ``raise_worker_only`` has.
 WORKER_ONLY_MODULE = "distref_conformance_worker_only"
 
+#: The ``WorkerOnlyError`` class each process made, by name.
+_worker_only: PerProcess[dict[str, type[Exception]]] = PerProcess(dict)
+
+
+def _worker_only_attribute(name: str) -> type[Exception]:
+    """The worker-only module's attributes: those of the asking process.
+
+    Where processes share an interpreter (a simulator) they share the
+    module too; looking its class up per process keeps it unknown to every
+    process but the one that made it.
+    """
+    found = _worker_only.here().get(name)
+    if found is None:
+        raise AttributeError(
+            f"module {WORKER_ONLY_MODULE!r} has no attribute {name!r} here"
+        )
+    return found
+
 
 def raise_worker_only(message: str) -> None:
     """Raise an exception whose class only this process can import.
 
     The class lives in a module made here at run time, so the exception
     pickles (by reference, like any importable class) but a process without
-    the module cannot load it.
+    the module, or without its own copy of the class, cannot load it.
     """
-    module = sys.modules.get(WORKER_ONLY_MODULE)
-    if module is None:
+    if WORKER_ONLY_MODULE not in sys.modules:
         module = types.ModuleType(WORKER_ONLY_MODULE)
-        exec("class WorkerOnlyError(Exception):\n    pass\n", module.__dict__)
+        module.__dict__["__getattr__"] = _worker_only_attribute
         sys.modules[WORKER_ONLY_MODULE] = module
-    raise module.WorkerOnlyError(message)
+    classes = _worker_only.here()
+    if "WorkerOnlyError" not in classes:
+        classes["WorkerOnlyError"] = type(
+            "WorkerOnlyError", (Exception,), {"__module__": WORKER_ONLY_MODULE}
+        )
+    raise classes["WorkerOnlyError"](message)
 
 
 def return_exception(message: str) -> ScenarioError:
@@ -261,19 +315,28 @@ def whoami(d: DistributedAPI) -> int:
 
 # --------------------------------------------------------- log capture
 
-_logged: list[str] = []
+_logged: PerProcess[list[str]] = PerProcess(list)
+_capturing: set[int] = set()
 
 
 class _Collector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        _logged.append(f"{record.levelname}: {self.format(record)}")
+        # One handler may serve several processes sharing an interpreter:
+        # the line belongs to the process whose task logged it.
+        if os.getpid() in _capturing:
+            _logged.here().append(f"{record.levelname}: {self.format(record)}")
 
 
 _collector = _Collector()
 
 
 def capture_log(log_name: str) -> None:
-    """Collect, in this process, what is logged on ``log_name`` from now on."""
+    """Collect, in this process, what is logged on ``log_name`` from now on.
+
+    What an earlier ``capture_log`` in this process collected is dropped.
+    """
+    _logged.here().clear()
+    _capturing.add(os.getpid())
     logger = logging.getLogger(log_name)
     if _collector not in logger.handlers:
         logger.addHandler(_collector)
@@ -282,5 +345,5 @@ def capture_log(log_name: str) -> None:
 
 
 def logged() -> list[str]:
-    """Everything collected in this process so far, formatted."""
-    return list(_logged)
+    """Everything collected in this process since its ``capture_log``."""
+    return list(_logged.here())

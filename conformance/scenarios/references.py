@@ -4,8 +4,7 @@ Issue 4 of the catalogue, the parts that are not garbage collection (those
 are in :mod:`conformance.scenarios.refcount`, which reuses the helpers
 here).  Everything a worker runs is a module-level function of this module,
 so it travels by reference; state kept by such a function (``_kept``,
-``_records``, gates) exists separately in each process that imports the
-module, and keys are fresh per scenario because the master keeps the module
+``_records``, gates) is kept per process (``_shipped.PerProcess``), and keys are fresh per scenario because the master keeps the module
 loaded from one scenario to the next.  A function that must call back into
 the cluster receives the API object ``d``.
 """
@@ -17,6 +16,7 @@ import functools
 import gc
 import itertools
 import logging
+import os
 import re
 import threading
 import uuid
@@ -38,6 +38,8 @@ from spec.api import (
     RemoteException,
     RemoteRef,
 )
+
+from ._shipped import PerProcess
 
 #: Seconds a wait that should succeed may take before the scenario fails.
 PATIENCE = 10.0
@@ -178,9 +180,9 @@ def drop_and_collect() -> None:
 
 # ================================================ what workers run for us
 
-_kept: dict[str, Any] = {}
-_records: dict[str, list[Any]] = {}
-_gates: dict[str, trio.Event] = {}
+_kept: PerProcess[dict[str, Any]] = PerProcess(dict)
+_records: PerProcess[dict[str, list[Any]]] = PerProcess(dict)
+_gates: PerProcess[dict[str, trio.Event]] = PerProcess(dict)
 
 
 def return_value(value: Any) -> Any:
@@ -190,27 +192,27 @@ def return_value(value: Any) -> Any:
 
 def keep(key: str, value: Any) -> None:
     """Hold ``value`` in this process under ``key`` until ``drop_kept``."""
-    _kept[key] = value
+    _kept.here()[key] = value
 
 
 def kept(key: str) -> Any:
     """The value this process holds under ``key``."""
-    return _kept[key]
+    return _kept.here()[key]
 
 
 def kept_is(key: str, value: Any) -> bool:
     """Whether ``value`` arrived as the very object held under ``key``."""
-    return _kept[key] is value
+    return _kept.here()[key] is value
 
 
 def drop_kept(key: str) -> None:
     """Let go of what this process holds under ``key`` and collect garbage."""
-    _kept.pop(key, None)
+    _kept.here().pop(key, None)
     gc.collect()
 
 
 async def fetch_kept(d: DistributedAPI, key: str) -> Any:
-    return await d.fetch(_kept[key])
+    return await d.fetch(_kept.here()[key])
 
 
 async def put_kept(
@@ -222,7 +224,7 @@ async def put_kept(
     ``RemoteException`` that is returned as the value itself.
     """
     try:
-        await d.put(_kept[key], value)
+        await d.put(_kept.here()[key], value)
     except Exception as exc:
         return [exc]
     return None
@@ -230,7 +232,7 @@ async def put_kept(
 
 async def forward_kept(d: DistributedAPI, key: str, pid: int, new_key: str) -> None:
     """Send the held reference on to ``pid``, which holds it as ``new_key``."""
-    await d.remotecall_fetch(keep, pid, new_key, _kept[key])
+    await d.remotecall_fetch(keep, pid, new_key, _kept.here()[key])
 
 
 async def fetch_arg(d: DistributedAPI, ref: Any) -> Any:
@@ -251,22 +253,22 @@ async def outcome_of(d: DistributedAPI, name: str, *args: Any) -> Any:
 
 
 def record(key: str, item: Any) -> None:
-    _records.setdefault(key, []).append(item)
+    _records.here().setdefault(key, []).append(item)
 
 
 def records(key: str) -> list[Any]:
-    return list(_records.get(key, []))
+    return list(_records.here().get(key, []))
 
 
 async def wait_gate(key: str, value: Any) -> Any:
     """Block until ``open_gate(key)`` ran in this process; return ``value``."""
     record(key, "waiting")
-    await _gates.setdefault(key, trio.Event()).wait()
+    await _gates.here().setdefault(key, trio.Event()).wait()
     return value
 
 
 def open_gate(key: str) -> None:
-    _gates.setdefault(key, trio.Event()).set()
+    _gates.here().setdefault(key, trio.Event()).set()
 
 
 def make_channel(d: DistributedAPI, capacity: float, key: str) -> LocalChannel:
@@ -377,7 +379,7 @@ def new_refs(d: DistributedAPI, other: int) -> list[RRID]:
         d.Future(other),
         d.RemoteChannel(),
     ]
-    _kept[new_key()] = made
+    _kept.here()[new_key()] = made
     return [d.remoteref_id(r) for r in made]
 
 
@@ -396,17 +398,21 @@ def future_identity(d: DistributedAPI) -> tuple[int, int]:
 async def make_and_touch(d: DistributedAPI, key: str, p: int) -> RRID:
     """Create RemoteChannel(p) here, keep it, and make p create its storage."""
     rc = d.RemoteChannel(p)
-    _kept[key] = rc
+    _kept.here()[key] = rc
     await d.isready(rc)
     return rc.rrid
 
 
-_captured: list[str] = []
+_captured: PerProcess[list[str]] = PerProcess(list)
+_capturing: set[int] = set()
 
 
 class _Collector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        _captured.append(f"{record.levelname}: {record.getMessage()}")
+        # The line belongs to the process whose task logged it, even where
+        # processes share an interpreter and so this handler.
+        if os.getpid() in _capturing:
+            _captured.here().append(f"{record.levelname}: {record.getMessage()}")
 
 
 _collector = _Collector(level=logging.WARNING)
@@ -415,7 +421,8 @@ _saved_levels: dict[str, int] = {}
 
 def capture_log(name: str) -> None:
     """From now on, collect what this process logs on ``name`` (WARNING+)."""
-    _captured.clear()
+    _captured.here().clear()
+    _capturing.add(os.getpid())
     logger = logging.getLogger(name)
     if _collector not in logger.handlers:
         logger.addHandler(_collector)
@@ -425,11 +432,16 @@ def capture_log(name: str) -> None:
 
 
 def captured() -> list[str]:
-    return list(_captured)
+    return list(_captured.here())
 
 
 def stop_capture(name: str) -> None:
-    """Undo ``capture_log(name)``."""
+    """Undo ``capture_log(name)``.
+
+    Where processes share one interpreter (a simulator) they share the
+    logger too, so this ends every process's capture, not only this one's.
+    """
+    _capturing.clear()
     logger = logging.getLogger(name)
     logger.removeHandler(_collector)
     if name in _saved_levels:

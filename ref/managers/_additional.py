@@ -26,8 +26,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
-
 from .._context import current_process
 from .._local import LocalLauncher, LocalWorkerHandle
 from .._process import Process

@@ -50,7 +50,7 @@ import re
 import shlex
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,9 +59,9 @@ import trio
 from spec.api import LaunchError, LaunchErrorGroup
 
 from .._context import current_process
-from .._startup import LineReader, read_address, relay_lines
 from .._process import Process
 from .._seams import LaunchedWorker, WorkerHandle
+from .._startup import LineReader, read_address, relay_lines
 
 log = logging.getLogger("ref")
 
@@ -85,12 +85,14 @@ class WorkerConfig:
     * ``io``: a ``trio.abc.ReceiveStream`` with the worker's output.  The
       master reads the address line ``distref_worker:<port>#<host>`` from
       it, then relays every further line prefixed with the worker's pid.
-    * ``host``, ``port``: where the master connects (``host`` may carry a
-      ``user@`` prefix, which is ignored for connecting); ``port`` is taken
-      from the address line when there is ``io``.
-    * ``bind_addr``: where *other workers* connect to this one (default:
-      the address from the address line, else ``host``); ``connect_at`` is
-      set by the master to ``(bind_addr, port)``.
+    * ``host``: the host the worker runs on, as the manager reached it
+      (it may carry a ``user@`` prefix; an SSH tunnel goes there);
+      ``port``: where the worker listens, taken from the address line when
+      there is ``io``.
+    * ``bind_addr``: the address the worker listens on, where the master
+      and the other workers connect (default: the address from the address
+      line, else ``host``); ``connect_at`` is set by the master to
+      ``(bind_addr, port)``.
     * ``count``: how many workers this entry stands for (an int, or
       ``"auto"`` for the host's CPU threads); the extra ones are started by
       this worker with ``exename`` and ``exeflags``.
@@ -211,10 +213,12 @@ class ClusterManager:
 
         The streams must deliver bytes completely and in order; they may be
         one object.  The default reads the address line from ``config.io``
-        when there is one (filling in ``config.host`` if unset, and
-        ``config.port``), otherwise uses ``config.host`` and
-        ``config.port``; goes through an SSH tunnel when ``config.tunnel``;
-        and records ``bind_addr`` and ``connect_at``.
+        when there is one (its host is the bind address; it fills in
+        ``config.host`` if unset, and ``config.port``), otherwise takes
+        ``config.bind_addr`` (or ``config.host``) and ``config.port``; dials
+        that bind address, or with ``config.tunnel`` goes through an ssh
+        tunnel to ``config.host``; and records ``bind_addr`` and
+        ``connect_at``.
         """
         stream = await default_connect(pid, config)
         return stream, stream
@@ -359,20 +363,21 @@ async def default_connect(pid: int, config: WorkerConfig) -> trio.abc.Stream:
     else:
         bind_addr = config.bind_addr or config.host
         port = config.port
-    _, public = split_user(config.host)
     bind_addr = split_user(bind_addr)[1]
     config.bind_addr = bind_addr
     config.connect_at = (bind_addr, port)
 
+    # Through a tunnel the master reaches the worker via ``host``'s sshd;
+    # otherwise it dials the bind address, as the worker's peers will.
     if config.tunnel:
         from ._ssh import open_tunnel
 
         return await open_tunnel(pid, config)
     try:
-        return await proc.transport.connect(public, port)
+        return await proc.transport.connect(bind_addr, port)
     except OSError as exc:
         raise LaunchError(
-            f"could not connect to worker {pid} at {public}:{port}: {exc}"
+            f"could not connect to worker {pid} at {bind_addr}:{port}: {exc}"
         ) from exc
 
 
@@ -536,7 +541,9 @@ class _AddprocsRun:
             while True:
                 while self.launched:
                     config = self.launched.pop(0)
-                    self._check_config(config)
+                    if not isinstance(config, WorkerConfig):
+                        self.failures.append(self._not_a_config(config))
+                        continue
                     # Allocated here, in the order the manager reported.
                     pid = self.proc.group.allocate_pid()
                     self.active += 1
@@ -547,12 +554,11 @@ class _AddprocsRun:
                     await self._wake.wait()
                 self._wake = trio.Event()
 
-    def _check_config(self, config: object) -> None:
-        if not isinstance(config, WorkerConfig):
-            raise TypeError(
-                f"{self.manager!r}.launch appended {config!r} to launched; "
-                "append WorkerConfig objects"
-            )
+    def _not_a_config(self, config: object) -> LaunchError:
+        return LaunchError(
+            f"{self.manager!r}.launch appended {config!r} to launched; "
+            "append WorkerConfig objects"
+        )
 
     async def _launch(self) -> None:
         try:
@@ -693,4 +699,3 @@ def _is_local(manager: object) -> bool:
     from ._local import LocalManager
 
     return isinstance(manager, LocalManager)
-

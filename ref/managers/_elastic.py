@@ -139,25 +139,27 @@ class ElasticManager(ClusterManager):
     ) -> None:
         proc = current_process()
         with self._scope:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.addr)
+            port = int(listeners[0].socket.getsockname()[1])
             async with trio.open_nursery() as nursery:
-                if self.port:
-                    listeners = await trio.open_tcp_listeners(self.port, host=self.addr)
-                    nursery.start_soon(trio.serve_listeners, self._accept, listeners)
-                    address = (self.addr, self.port)
-                else:
-                    address = await proc.transport.listen(
-                        self.addr, self._accept, nursery
-                    )
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, proc, listener)
                 nursery.start_soon(self._join_arrivals)
-                task_status.started(address)
+                task_status.started((self.addr, port))
+
+    async def _accept_loop(self, proc: Process, listener: trio.SocketListener) -> None:
+        """Accept connections; each is served by a task of the master, so
+        that closing the listener leaves joined workers' connections open."""
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                proc.spawn(self._accept, stream)
 
     async def _accept(self, stream: trio.abc.Stream) -> None:
         """Check a dialling worker's cookie; queue it, or refuse it."""
         proc = self._proc or current_process()
         where = _peer_of(stream)
-        wire = WireConnection(
-            Role.ACCEPTOR, proc.cookie.encode("ascii"), proc.codec
-        )
+        wire = WireConnection(Role.ACCEPTOR, proc.cookie.encode("ascii"), proc.codec)
         try:
             with trio.fail_after(proc.worker_timeout):
                 hello = await _receive_exactly(stream, HELLO_LENGTH)
@@ -168,17 +170,22 @@ class ElasticManager(ClusterManager):
         except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.refused += 1
             reason = str(exc) or type(exc).__name__
-            log.warning("ElasticManager: refused a connection from %s: %s", where, reason)
+            log.warning(
+                "ElasticManager: refused a connection from %s: %s", where, reason
+            )
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             return
-        # The stream stays open while the worker is a member: a listener
-        # closes it once this handler returns.
+        # The stream stays open while the worker is a member.
         done = trio.Event()
         config = WorkerConfig(io=stream, userdata={"elastic": where, "done": done})
         self._pending.append(config)
         self._arrived.set()
-        await done.wait()
+        try:
+            await done.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     async def _join_arrivals(self) -> None:
         """Add the queued workers, one ``addprocs`` per batch of arrivals."""

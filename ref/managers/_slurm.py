@@ -22,6 +22,7 @@ afterwards relays each worker's output with its pid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -100,6 +101,7 @@ class SlurmManager(ClusterManager):
         toward = self.master_addr or current_process().host
         return [
             self.srun,
+            "--exact",
             "--input=all",
             "--label",
             "--kill-on-bad-exit=0",
@@ -140,14 +142,15 @@ class SlurmManager(ClusterManager):
                 start_new_session=True,
             )
         except OSError as exc:
-            raise LaunchError(f"SlurmManager: could not run {self.srun!r}: {exc}") from exc
+            raise LaunchError(
+                f"SlurmManager: could not run {self.srun!r}: {exc}"
+            ) from exc
         assert process.stdin is not None and process.stdout is not None
         step = _Step(process, LineReader(process.stdout), ntasks)
         self._steps.append(step)
-        try:
+        # If srun failed already, its output says why.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await process.stdin.send_all(f"{proc.cookie}\n".encode("ascii"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # srun failed already; its output says why
 
         failures = await step.read_addresses(proc.worker_timeout, launched, notify)
         proc.spawn(step.relay)

@@ -24,6 +24,7 @@ named by ``shell``: ``"posix"`` (``sh -l -c``), ``"csh"`` or ``"wincmd"``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -184,7 +185,7 @@ def _quote_csh(text: str) -> str:
 def _quote_cmd(text: str) -> str:
     if '"' in text:
         raise ValueError(f"{text!r}: a wincmd argument cannot contain '\"'")
-    return f'"{text}"' if any(c in text for c in ' &|<>^') else text
+    return f'"{text}"' if any(c in text for c in " &|<>^") else text
 
 
 def remote_command(
@@ -329,10 +330,9 @@ class SSHManager(ClusterManager):
                 f"could not run {settings.ssh!r} for {text!r}: {exc}"
             ) from exc
         assert process.stdin is not None
-        try:
+        # If ssh failed already, its output says why.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await process.stdin.send_all(f"{proc.cookie}\n".encode("ascii"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # ssh already failed: its output says why
 
         return WorkerConfig(
             io=process.stdout,
@@ -538,14 +538,10 @@ class _ControlMaster:
             if process.returncode is None:
                 process.terminate()
             await _reap(process)
-        try:
+        with contextlib.suppress(OSError):
             os.remove(self.path)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(self._dir)
-        except OSError:
-            pass
 
 
 async def _reap(process: trio.Process) -> None:
