@@ -44,7 +44,9 @@ def time_each(n: int, op: Callable[[], object]) -> list[float]:
     return samples
 
 
-async def ref_samples(calls: int, big_calls: int, payload: bytes) -> tuple[float, float]:
+async def ref_samples(
+    calls: int, big_calls: int, payload: bytes
+) -> tuple[float, float]:
     async with ref.open_cluster():
         [pid] = await ref.addprocs(1)
         await ref.remotecall_fetch(noop, pid)

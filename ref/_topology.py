@@ -35,8 +35,6 @@ TOPOLOGIES = ("all_to_all", "master_worker", "custom")
 #: ``addprocs``'s defaults for the two keywords.
 DEFAULT_TOPOLOGY = "all_to_all"
 DEFAULT_LAZY = True
-#: The keywords this module reads from ``addprocs``.
-TOPOLOGY_KEYWORDS = frozenset({"topology", "lazy"})
 
 
 def settle_topology(proc: Process, params: Mapping[str, Any]) -> tuple[str, bool]:

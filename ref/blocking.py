@@ -1,6 +1,6 @@
 """The blocking facade: distref from plain scripts and the REPL.
 
-``from ref import blocking as d`` gives the same names as ``ref`` without
+``from ref import blocking as d`` gives ``ref``'s calls without
 ``await``.  The first call starts a master cluster whose trio loop runs in a
 background thread; every call is carried into that loop and waits for its
 answer.  ``d.close()`` stops the workers and the thread; it also runs at
@@ -151,16 +151,16 @@ def nprocs() -> int:
     return _get().call_sync(_api.nprocs)
 
 
-def nworkers() -> int:
-    return _get().call_sync(_api.nworkers)
+def nworkers(pool: Any = None) -> int:
+    return _get().call_sync(_api.nworkers, pool)
 
 
 def procs(pid: int | None = None) -> list[int]:
     return _get().call_sync(_api.procs, pid)
 
 
-def workers() -> list[int]:
-    return _get().call_sync(_api.workers)
+def workers(pool: Any = None) -> list[int]:
+    return _get().call_sync(_api.workers, pool)
 
 
 def addprocs(n: int, **params: Any) -> list[int]:

@@ -21,7 +21,6 @@ from ._config import NetworkConfig
 from ._faults import FaultPlan
 from ._run import run, sole
 
-
 #: Virtual seconds, beyond the scenario's own limit, for the cluster to
 #: start and shut down (as ``conformance.backends.CLUSTER_GRACE`` for ``ref``).
 CLUSTER_GRACE = 30.0

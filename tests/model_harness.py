@@ -270,12 +270,17 @@ class Harness:
 
     # ----------------------------------------------------------- stepping
 
-    def step(self, op: m.Op) -> m.Outcome | None:
-        """Run ``op``; returns its outcome if it answered within the step."""
+    def start(self, op: m.Op) -> int:
+        """Start ``op`` without waiting for anything; returns its call id."""
         cid = self.driver.new_cid()
         self.checker.invoke(cid, op)
         self.pending.add(cid)
         self.driver.submit(cid, self._factory(cid, op))
+        return cid
+
+    def step(self, op: m.Op) -> m.Outcome | None:
+        """Run ``op``; returns its outcome if it answered within the step."""
+        cid = self.start(op)
         self.settle()
         return self.responses.get(cid)
 

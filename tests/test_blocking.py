@@ -61,6 +61,81 @@ report(ospids=[d.remotecall_fetch(os.getpid, p) for p in pids])
 """
 
 
+NEWER_API_SCRIPT = """
+import functools, operator, time
+import trio
+
+def square(x):
+    return x * x
+
+def greeting():
+    return getattr(sys.modules["__main__"], "greeting", None)
+
+async def nap(started, seconds):
+    await ref.put(started, ref.myid())
+    await trio.sleep(seconds)
+
+cookie = d.cluster_cookie("sesame")
+pids = d.addprocs(2)
+report(ospids=[d.fetchfrom(p, os.getpid) for p in pids], cookie=cookie)
+
+rc = d.RemoteChannel(functools.partial(ref.Channel, 4), 2)
+d.put(rc, [10, 20, 30])
+d.put(rc, "second")
+before = [d.isready(rc), d.isempty(rc), d.isopen(rc), d.getindex(rc, 1)]
+took = d.take(rc)
+d.close(rc)
+after = [d.isopen(rc), d.take(rc), d.isempty(rc)]
+mine = d.RemoteChannel()
+d.put(mine, "here")
+report(channel=[before, took, after], local=[
+    mine.rrid in d.live_refs(), d.take(d.channel_from_id(mine.rrid))])
+
+fut = d.spawnat(2, time.sleep, 0.3)
+report(timedwait=[d.timedwait(lambda: d.isready(fut), 20, pollint=0.05),
+                  d.timedwait(lambda: False, 0.2, pollint=0.05)])
+
+pool = d.WorkerPool([3])
+caching = d.CachingPool(pids)
+report(
+    pmap=d.pmap(square, range(12)),
+    pool=d.pmap(lambda _: ref.myid(), range(4), pool=pool),
+    caching=sorted(set(d.pmap(lambda _: ref.myid(), range(20), pool=caching))),
+    cleared=d.clear(caching) is caching,
+    remote=[d.remote(ref.myid, pool)(), d.remote(ref.myid)() in pids],
+)
+d.push(pool, 2)
+default = d.default_worker_pool()
+member = d.take(default)
+d.put(default, member)
+report(pushed=d.workers(pool), default=[member in pids, d.isready(default)])
+
+report(
+    spawnat=[d.fetch(d.spawnat(2, ref.myid)), d.fetch(d.spawnat(d.ANY, ref.myid))],
+    fetchfrom=d.fetchfrom(3, ref.myid),
+    fetch_any=d.fetch_any(ref.myid),
+)
+d.define_globals({"greeting": "hi"}, procs=pids)
+said = [d.everywhere(greeting, procs=3), d.everywhere(greeting, procs=pids)]
+d.clear_globals("greeting", pids=[3])
+said.append(d.everywhere(greeting, procs=3))
+task = d.distributed_for(square, range(4))
+d.wait(task)
+report(everywhere=said, reduced=d.distributed_for(square, range(10), operator.add),
+       loop_done=task.done)
+
+started = d.RemoteChannel(1)
+sleeper = d.remotecall(nap, 2, started, 30.0)
+assert d.take(started) == 2
+d.interrupt(2)
+try:
+    d.fetch(sleeper)
+except ref.RemoteException as exc:
+    report(interrupted=type(exc.exception).__name__)
+d.close()
+"""
+
+
 def run_script(tmp_path: Path, body: str) -> dict[str, object]:
     """Run PRELUDE + body in a fresh interpreter; return its merged reports."""
     script = tmp_path / "script.py"
@@ -113,4 +188,32 @@ def test_script_that_never_closes_leaves_no_worker(tmp_path: Path) -> None:
     noticed its stdin closing would still be shutting down then.
     """
     reports = run_script(tmp_path, FORGETFUL_SCRIPT)
+    assert_gone(reports["ospids"])
+
+
+def test_blocking_facade_covers_channels_pools_pmap_and_the_macros(
+    tmp_path: Path,
+) -> None:
+    reports = run_script(tmp_path, NEWER_API_SCRIPT)
+    assert reports["cookie"] == "sesame".ljust(16)
+    assert reports["channel"] == [
+        [True, False, True, 20],
+        [10, 20, 30],
+        [False, "second", True],
+    ]
+    assert reports["local"] == [True, "here"]
+    assert reports["timedwait"] == ["ok", "timed_out"]
+    assert reports["pmap"] == [x * x for x in range(12)]
+    assert reports["pool"] == [3, 3, 3, 3]
+    assert reports["caching"] == [2, 3]
+    assert reports["cleared"] is True
+    assert reports["remote"] == [3, True]
+    assert reports["pushed"] == [2, 3]
+    assert reports["default"] == [True, True]
+    assert reports["spawnat"][0] == 2 and reports["spawnat"][1] in (2, 3)
+    assert reports["fetchfrom"] == 3 and reports["fetch_any"] in (2, 3)
+    assert reports["everywhere"] == ["hi", None, None]
+    assert reports["reduced"] == sum(x * x for x in range(10))
+    assert reports["loop_done"] is True
+    assert reports["interrupted"] == "KeyboardInterrupt"
     assert_gone(reports["ospids"])

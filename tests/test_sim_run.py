@@ -118,6 +118,50 @@ def test_the_conformance_backend_calls_run_scenario() -> None:
         backend.run(_asserts, seed=3, timeout=60)
 
 
+async def _own_deadline(api: DistributedAPI) -> None:
+    with trio.fail_after(1):
+        await trio.sleep_forever()
+
+
+def test_run_scenario_says_which_limit_ran_out() -> None:
+    with pytest.raises(sim.ScenarioTooSlow) as raised:
+        sim.run_scenario(_sleeps, seed=1, timeout=600)
+    assert (raised.value.timeout, raised.value.what) == (600, "scenario")
+
+    with pytest.raises(trio.TooSlowError) as own:
+        sim.run_scenario(_own_deadline, seed=1, timeout=600)
+    assert not isinstance(own.value, sim.ScenarioTooSlow)
+
+
+def test_the_conformance_backend_reports_a_timeout_as_scenario_timeout() -> None:
+    from conformance.backends import ScenarioTimeout, SimBackend
+
+    with pytest.raises(ScenarioTimeout) as raised:
+        SimBackend().run(_sleeps, seed=3, timeout=600)
+    assert raised.value.timeout == 600
+
+    with pytest.raises(trio.TooSlowError):
+        SimBackend().run(_own_deadline, seed=3, timeout=600)
+
+
+async def _per_process_state(api: DistributedAPI) -> None:
+    from conformance.scenarios._shipped import new_key, record, records
+
+    w2, w3 = await api.addprocs(2)
+    key = new_key()
+    record(key, "master")
+    await api.remotecall_fetch(record, w2, key, "w2")
+    assert records(key) == ["master"]
+    assert await api.remotecall_fetch(records, w2, key) == ["w2"]
+    assert await api.remotecall_fetch(records, w3, key) == []
+
+
+def test_the_scenarios_per_process_state_is_separate_in_each_simulated_process() -> (
+    None
+):
+    sim.run_scenario(_per_process_state, seed=4, timeout=60)
+
+
 def test_the_trace_is_canonical_json_lines_with_integer_times(tmp_path: Path) -> None:
     path = tmp_path / "trace.jsonl"
     result = run_builtin("kill-pending", seed=2, trace=path)

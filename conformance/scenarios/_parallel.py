@@ -2,7 +2,8 @@
 
 Like ``_shipped``, everything here lives at module level so that it travels
 by reference, and its state is kept per process (``PerProcess``): a
-scenario reads a worker's state by calling the reader *on that worker*.  Keys are fresh per scenario (``new_key``).
+scenario reads a worker's state by calling the reader *on that worker*.
+Keys are fresh per scenario (``new_key``).
 """
 
 from __future__ import annotations

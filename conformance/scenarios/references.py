@@ -4,8 +4,9 @@ Issue 4 of the catalogue, the parts that are not garbage collection (those
 are in :mod:`conformance.scenarios.refcount`, which reuses the helpers
 here).  Everything a worker runs is a module-level function of this module,
 so it travels by reference; state kept by such a function (``_kept``,
-``_records``, gates) is kept per process (``_shipped.PerProcess``), and keys are fresh per scenario because the master keeps the module
-loaded from one scenario to the next.  A function that must call back into
+``_records``, gates) is kept per process (``_shipped.PerProcess``), and
+keys are fresh per scenario because the master keeps the module loaded
+from one scenario to the next.  A function that must call back into
 the cluster receives the API object ``d``.
 """
 

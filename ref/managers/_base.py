@@ -610,7 +610,13 @@ class _AddprocsRun:
             connect_idents=tuple(config.connect_idents or ()),
             connect=opened,
         )
-        await proc.setup_worker(launched, pid=pid)
+        try:
+            await proc.setup_worker(launched, pid=pid)
+        except BaseException:
+            # Reap it now (and tell the manager) rather than at shutdown.
+            with trio.CancelScope(shield=True):
+                await handle.stop(0)
+            raise
 
         peer = proc.group.peer(pid)
         if config.ospid is None:
