@@ -12,6 +12,7 @@ behaviour is a real pass or fail, never a pass by declaration.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ class PytestVerifier:
     def verify(self, nodes: Sequence[str]) -> tuple[bool, str]:
         """Run ``nodes``; True only if pytest collected them and all passed."""
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        # Named tests always run, slow or not.
+        env = {**os.environ, "DISTREF_SLOW": "1"}
         logger.info("running pytest on %s", " ".join(nodes))
         try:
             done = subprocess.run(
@@ -55,6 +58,7 @@ class PytestVerifier:
                 cwd=self.root,
                 capture_output=True,
                 text=True,
+                env=env,
                 timeout=self.timeout,
                 check=False,
             )

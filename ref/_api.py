@@ -221,7 +221,7 @@ log_name = "ref"
 # ------------------------------------------------------------ membership
 
 
-async def addprocs(n: Any = None, /, **params: Any) -> list[int]:
+async def addprocs(n: Any = None, **params: Any) -> list[int]:
     """Add workers and return their new pids, sorted.
 
     ``n`` says how: an int starts that many workers on this host (None: one

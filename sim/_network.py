@@ -47,12 +47,18 @@ from dataclasses import dataclass
 import trio
 
 from ref._seams import StreamHandler
-from ref.protocol.framing import FrameDecoder, encode_frame
+from ref.protocol.framing import (
+    _HEADER,
+    _LENGTH,
+    BOUNDARY,
+    MAX_FRAME,
+    encode_frame,
+)
 from ref.protocol.messages import Header
 
 from ._config import NetworkConfig, to_ns
 from ._node import MessageNote, Node
-from ._trace import Trace, now_ns
+from ._trace import Trace
 
 log = logging.getLogger("sim")
 
@@ -144,13 +150,28 @@ class _Direction:
 
     def wake(self) -> None:
         """Wake whoever waits to read from, or write to, this direction."""
-        self.lot.unpark_all()
-        self.send_lot.unpark_all()
+        if self.lot:
+            self.lot.unpark_all()
+        if self.send_lot:
+            self.send_lot.unpark_all()
 
     def consumed(self, size: int) -> None:
         """``size`` bytes left the window: read, or dropped on the way."""
         self.unread = max(0, self.unread - size)
-        self.send_lot.unpark_all()
+        if self.send_lot:
+            self.send_lot.unpark_all()
+
+    def take(self, max_bytes: int | None) -> bytes:
+        """Read up to ``max_bytes`` (all if None) of the buffered bytes."""
+        buffer = self.buffer
+        if max_bytes is None or max_bytes >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:max_bytes])
+            del buffer[:max_bytes]
+        self.consumed(len(data))
+        return data
 
 
 class Connection:
@@ -199,14 +220,18 @@ class SimStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is writing to this stream")
         self._sending = True
         try:
+            network = self._network
+            node = self.node
             # Claimed before the first checkpoint: another task of this
             # process may encode its own message while this one waits.
-            described = self._network.describe(self.node, data)
-            await self.node.step()
+            described = network.describe(node, data) if network.tracing else None
+            await node.step()
             self._check_writable()
-            await self._wait_for_window(len(data))
+            out = self._out
+            if out.unread > 0 and out.unread + len(data) > network.window:
+                await self._wait_for_window(len(data))
             if data:
-                self._network.send(self, self._out, bytes(data), described)
+                network.send(self, out, bytes(data), described)
         finally:
             self._sending = False
 
@@ -225,7 +250,7 @@ class SimStream(trio.abc.HalfCloseableStream):
         # Like a full socket buffer: wait until the reader has caught up.
         # A chunk bigger than the window goes alone into an empty one.
         out = self._out
-        window = self._network.config.window
+        window = self._network.window
         while out.unread > 0 and out.unread + size > window:
             await out.send_lot.park()
             self._check_writable()
@@ -254,6 +279,8 @@ class SimStream(trio.abc.HalfCloseableStream):
         try:
             inp = self._in
             node = self.node
+            # A read checkpoints once, as with trio's sockets: by returning
+            # what is there after a step, or by waiting for it to arrive.
             if (
                 inp.buffer
                 or inp.eof
@@ -263,32 +290,21 @@ class SimStream(trio.abc.HalfCloseableStream):
                 or node.step_delay > 0
             ):
                 await node.step()
-            # Otherwise nothing is there to read yet, and waiting for it is
-            # this call's checkpoint, as with trio's sockets: a read
-            # checkpoints once, by returning what is there or by waiting.
-            return await self._receive(max_bytes)
+            while True:
+                if self.closed:
+                    raise trio.ClosedResourceError("this stream was closed")
+                if inp.buffer and not node.hung:
+                    return inp.take(max_bytes)
+                if inp.broken:
+                    raise trio.BrokenResourceError("connection reset by peer")
+                if inp.eof and not node.hung:
+                    return b""
+                if node.hung:
+                    await node.step()
+                else:
+                    await inp.lot.park()
         finally:
             self._receiving = False
-
-    async def _receive(self, max_bytes: int | None) -> bytes:
-        inp = self._in
-        while True:
-            if self.closed:
-                raise trio.ClosedResourceError("this stream was closed")
-            if inp.buffer and not self.node.hung:
-                size = len(inp.buffer) if max_bytes is None else max_bytes
-                data = bytes(inp.buffer[:size])
-                del inp.buffer[:size]
-                inp.consumed(len(data))
-                return data
-            if inp.broken:
-                raise trio.BrokenResourceError("connection reset by peer")
-            if inp.eof and not self.node.hung:
-                return b""
-            if self.node.hung:
-                await self.node.step()
-            else:
-                await inp.lot.park()
 
     async def aclose(self) -> None:
         if not self.closed:
@@ -398,10 +414,16 @@ class Network:
         on_delivery: Callable[[], None],
     ) -> None:
         self.config = config
+        self.window = config.window
         self._rng = rng
         self._trace = trace
+        #: Whether chunks are described for the trace (it is on).
+        self.tracing = trace.enabled
         self._on_delivery = on_delivery
         self._calls = _CallLog(trace)
+        # Virtual seconds now; the pump swaps in the clock's own method,
+        # which answers the same without two layers of lookups.
+        self._now: Callable[[], float] = trio.current_time
 
         self.connections: list[Connection] = []
         self.listeners: dict[tuple[str, int], Listener] = {}
@@ -419,6 +441,8 @@ class Network:
 
     def blocked(self, a: Node, b: Node) -> bool:
         """Whether a partition separates ``a`` from ``b`` right now."""
+        if not self._partitions:
+            return False
         return any((a.pid in side) != (b.pid in side) for side in self._partitions)
 
     def has_partition(self, side: frozenset[int]) -> bool:
@@ -566,14 +590,22 @@ class Network:
         note = node.take_note(len(data), _FRAME_OVERHEAD)
         if note is None:
             return None, None
-        return note, _frame_rrids(bytes(data))
+        return note, _frame_rrids(data)
 
     def send(
-        self, end: SimStream, direction: _Direction, data: bytes, described: _Described
+        self,
+        end: SimStream,
+        direction: _Direction,
+        data: bytes,
+        described: _Described | None,
     ) -> None:
-        """Put one chunk written by ``end`` on the wire."""
+        """Put one chunk written by ``end`` on the wire.
+
+        ``described`` is what ``describe`` said the chunk carries, or None
+        when the trace is off.
+        """
         src, dst = direction.src, direction.dst
-        note, rrids = described
+        note, rrids = described or (None, None)
         if src.dead:
             self._trace.event(
                 "drop", conn=end.conn.id, src=src.pid, dst=dst.pid, why="sender dead"
@@ -625,7 +657,9 @@ class Network:
     def _route(self, chunk: _Chunk) -> int | None:
         """Hold ``chunk`` if its path is cut (None), else put it in flight."""
         direction = chunk.direction
-        if direction.held or self.blocked(direction.src, direction.dst):
+        if direction.held or (
+            self._partitions and self.blocked(direction.src, direction.dst)
+        ):
             direction.hold(chunk)
             return None
         return self._enqueue(chunk)
@@ -633,15 +667,19 @@ class Network:
     def _enqueue(self, chunk: _Chunk) -> int:
         """Give ``chunk`` its arrival time and put it in flight."""
         direction = chunk.direction
-        now = now_ns()
-        latency, bandwidth = self.config.link(direction.src.pid, direction.dst.pid)
+        now = round(self._now() * 1e9)
+        config = self.config
+        if config.links:
+            latency, bandwidth = config.link(direction.src.pid, direction.dst.pid)
+        else:
+            latency, bandwidth = config.latency, config.bandwidth
 
         start = max(now, direction.busy_until)
         if bandwidth is not None and chunk.data:
             direction.busy_until = start + to_ns(len(chunk.data) / bandwidth)
         else:
             direction.busy_until = start
-        delay = to_ns(latency.draw(self._rng))
+        delay = round(latency.draw(self._rng) * 1e9)
         arrival = max(direction.busy_until + delay, direction.last_arrival)
         direction.last_arrival = arrival
 
@@ -669,6 +707,7 @@ class Network:
         the hook did not (it wakes when that deadline passes).
         """
         hook = _DeliveryHook(self, trio.lowlevel.current_task().context)
+        self._now = trio.lowlevel.current_clock().current_time
         trio.lowlevel.add_instrument(hook)
         try:
             while True:
@@ -678,7 +717,7 @@ class Network:
                 self._pump_scope = None
                 if hook.failure is not None:
                     raise hook.failure
-                self._deliver_due(trio.current_time())
+                self._deliver_due(self._now())
         finally:
             self._pump_scope = None
             trio.lowlevel.remove_instrument(hook)
@@ -701,7 +740,7 @@ class Network:
         scope = self._pump_scope
         if not heap or scope is None:
             return
-        now = trio.current_time()
+        now = self._now()
         if heap[0][0] / 1e9 > now:
             return
         try:
@@ -729,7 +768,7 @@ class Network:
             )
             direction.consumed(len(chunk.data))
             return
-        if direction.held or self.blocked(src, dst):
+        if direction.held or (self._partitions and self.blocked(src, dst)):
             direction.hold(chunk)
             self._trace.event("stall", conn=conn.id, src=src.pid, dst=dst.pid)
             return
@@ -868,18 +907,27 @@ async def _accept_loop(
             nursery.start_soon(handler, stream)
 
 
-def _frame_rrids(data: bytes) -> tuple[list[int], list[int]] | None:
-    """The header RRIDs of the single frame ``data`` holds, for the trace."""
-    decoder = FrameDecoder()
-    decoder.feed(data)
-    try:
-        frame = decoder.next_frame()
-    except Exception:
+def _frame_rrids(
+    data: bytes | bytearray | memoryview,
+) -> tuple[list[int], list[int]] | None:
+    """The header RRIDs of the frame ``data`` begins with, for the trace.
+
+    None unless ``data`` begins with a whole, well-formed frame: the checks
+    ``FrameDecoder.next_frame`` makes, without copying the body out.
+    """
+    if len(data) < _LENGTH.size:
         return None
-    if frame is None:
+    (length,) = _LENGTH.unpack_from(data, 0)
+    end = _LENGTH.size + length
+    if (
+        length < _HEADER.size
+        or length > MAX_FRAME
+        or len(data) < end + len(BOUNDARY)
+        or bytes(data[end : end + len(BOUNDARY)]) != BOUNDARY
+    ):
         return None
-    header = frame.header
-    return list(header.response), list(header.notify)
+    rw, ri, nw, ni = _HEADER.unpack_from(data, _LENGTH.size)
+    return [rw, ri], [nw, ni]
 
 
 def _note_fields(

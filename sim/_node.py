@@ -48,7 +48,8 @@ class Node:
         self.index = index
         self.name = name
         self.ospid = ospid
-        self._fixed_pid = fixed_pid
+        # The pid once known: a process's pid changes only once, from 0.
+        self._pid = fixed_pid
         self.proc: Process | None = None
 
         self.dead = False
@@ -73,9 +74,11 @@ class Node:
     @property
     def pid(self) -> int:
         """The distref pid, or 0 while a worker has not been given one."""
+        if self._pid:
+            return self._pid
         if self.proc is not None:
-            return self.proc.myid
-        return self._fixed_pid
+            self._pid = self.proc.myid
+        return self._pid
 
     def attach(self, proc: Process, *, make_current: bool) -> None:
         """Adopt the runtime process that runs here.

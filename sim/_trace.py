@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -40,9 +41,38 @@ _ENCODER = json.JSONEncoder(
 )
 
 
-def canonical(obj: object) -> str:
-    """One JSON line: sorted keys, no spaces, ASCII, no NaN."""
-    return _ENCODER.encode(obj)
+def _one_shot_encoder() -> Callable[[object], str]:
+    """``_ENCODER.encode``, minus the set-up it repeats on every call.
+
+    ``JSONEncoder.encode`` builds the C encoder anew for each object; this
+    builds it once, with the same options, when the C accelerator exists.
+    The output is the same (``test_sim_run`` checks every line against
+    ``json.dumps``); only the
+    check for circular containers is left out, and an event holds none.
+    """
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return _ENCODER.encode
+    iterencode = make_encoder(
+        None,  # no markers: no check for circular containers
+        _ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        None,  # no indent
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(obj: object) -> str:
+        return "".join(iterencode(obj, 0))
+
+    return encode
+
+
+#: One JSON line: sorted keys, no spaces, ASCII, no NaN.
+canonical = _one_shot_encoder()
 
 
 def versions() -> dict[str, str]:

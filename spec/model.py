@@ -887,7 +887,9 @@ class Model:
         happens is a move of its own, so the answer is one per state.
         """
         alive = (WorkerState.RUNNING, WorkerState.DYING)
-        return tuple(sorted([MASTER, *(p for p, s in self.procs.items() if s in alive)]))
+        return tuple(
+            sorted([MASTER, *(p for p, s in self.procs.items() if s in alive)])
+        )
 
     def procs_choices(self) -> list[tuple[int, ...]]:
         """The possible answers of ``procs()`` in this state."""

@@ -110,3 +110,22 @@ def open_test_cluster(worker_ospids: list[int]) -> OpenTestCluster:
                     )
 
     return start
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Skip ``slow`` tests (long campaigns) unless they were asked for.
+
+    Ask with ``-m slow`` or ``DISTREF_SLOW=1``; each such test has a smaller
+    sibling that always runs.
+    """
+    asked = os.environ.get("DISTREF_SLOW") == "1" or "slow" in (
+        config.getoption("markexpr", default="") or ""
+    )
+    if asked:
+        return
+    skip = pytest.mark.skip(reason="slow campaign: run with -m slow or DISTREF_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -18,8 +18,9 @@ import trio
 
 import ref
 
-#: References a worker keeps for the test, by the test's name for them.
-_STASH: dict[str, Any] = {}
+#: References workers keep for the test, by (pid, the test's name for them):
+#: keyed by pid too, since simulated processes share one interpreter.
+_STASH: dict[tuple[int, str], Any] = {}
 
 
 def const(value: Any) -> Any:
@@ -62,12 +63,12 @@ def map_my_id(x: int) -> int:
 
 def stash(name: str, reference: Any) -> None:
     """Keep ``reference`` on this process until ``unstash(name)``."""
-    _STASH[name] = reference
+    _STASH[ref.myid(), name] = reference
 
 
 def unstash(name: str) -> None:
     """Let go of the reference kept as ``name`` (the GC tells its owner)."""
-    _STASH.pop(name, None)
+    _STASH.pop((ref.myid(), name), None)
 
 
 def live_refs() -> dict[Any, frozenset[int]]:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import itertools
 import gc
+import itertools
 import math
 import queue
 import threading
@@ -98,6 +98,8 @@ class Driver:
 
     #: OS pids of every worker any Driver launched, for leftover checks.
     all_ospids: ClassVar[list[int]] = []
+    #: Answers take real time (the simulator's driver says True).
+    virtual = False
 
     def __init__(self, workers: int = 2, *, mistake: str | None = None) -> None:
         self.mistake = mistake
@@ -177,7 +179,9 @@ class Driver:
         self.allocated += pids
         if self.mistake is not None:
             for pid in pids:
-                await ref.remotecall_fetch(model_mistakes.apply_remote, pid, self.mistake)
+                await ref.remotecall_fetch(
+                    model_mistakes.apply_remote, pid, self.mistake
+                )
         return pids
 
     def new_cid(self) -> int:
@@ -255,8 +259,8 @@ class Harness:
             live = driver.live_workers()
         else:
             live = driver.reset_workers(workers)
-        self.start = m.Model.start(live, next_pid=driver.next_pid, seen=seen)
-        self.checker = Checker(self.start)
+        self.initial = m.Model.start(live, next_pid=driver.next_pid, seen=seen)
+        self.checker = Checker(self.initial)
         self.objects: dict[str, Any] = {}
         self.pending: set[int] = set()
         self.responses: dict[int, m.Outcome] = {}
@@ -303,6 +307,10 @@ class Harness:
             self._drain(block=True, timeout=min(remaining, 0.5))
 
     def _drain(self, *, block: bool, timeout: float = 0.0) -> None:
+        if block and self.driver.virtual:
+            # A simulated world moves only when told: let it run a while.
+            self.driver.wait_for_results(timeout)
+            block = False
         while True:
             try:
                 cid, outcome = self.driver.results.get(block=block, timeout=timeout)
@@ -318,7 +326,9 @@ class Harness:
     def finish(self, quiet: float = 0.3) -> None:
         """Let late answers arrive, then check no unanswered call had to."""
         self.settle()
-        assert not self.driver.duplicates, f"calls answered twice: {self.driver.duplicates}"
+        assert not self.driver.duplicates, (
+            f"calls answered twice: {self.driver.duplicates}"
+        )
         deadline = time.monotonic() + quiet
         while self.pending and time.monotonic() < deadline:
             self._drain(block=True, timeout=max(0.0, deadline - time.monotonic()))
@@ -386,7 +396,9 @@ class Harness:
             if isinstance(op, m.RemoteCall | m.RemoteCallWait):
                 f, args = self._fn(op.fn)
                 call = (
-                    ref.remotecall if isinstance(op, m.RemoteCall) else ref.remotecall_wait
+                    ref.remotecall
+                    if isinstance(op, m.RemoteCall)
+                    else ref.remotecall_wait
                 )
                 # remotecall_wait gives no Future when the call raised: the
                 # model still has its record, but no rule can name it.
@@ -430,7 +442,9 @@ class Harness:
         if isinstance(op, m.IsEmpty):
             return await ref.isempty(objects[op.ref])
         if isinstance(op, m.Forward):
-            return await ref.remotecall_fetch(fns.stash, op.pid, op.ref, objects[op.ref])
+            return await ref.remotecall_fetch(
+                fns.stash, op.pid, op.ref, objects[op.ref]
+            )
         if isinstance(op, m.Drop):
             if op.pid == 1:
                 del objects[op.ref]

@@ -17,6 +17,7 @@ final check that no call left unanswered had to answer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
@@ -119,7 +120,9 @@ class _Translator:
         if api == "RemoteChannel":
             return self._channel(call, args)
         if api == "WorkerPool":
-            return m.NewPool(self._pool(args[0]), tuple(args[1]) if len(args) > 1 else ())
+            return m.NewPool(
+                self._pool(args[0]), tuple(args[1]) if len(args) > 1 else ()
+            )
         if api == "put":
             return m.Put(self.refs[_rrid(args[0])], _value(args[1]))
         if api in _REF_OPS:
@@ -269,10 +272,9 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
         ][kind % 3]
 
     async def quietly(afn: Any, *args: Any) -> None:
-        try:
+        # The recording has the error; the checker judges it.
+        with contextlib.suppress(Exception):
             await afn(*args)
-        except Exception:
-            pass  # the recording has it; the checker judges it
 
     # At most a few calls overlap: every waiting call multiplies the states
     # the checker must consider.
@@ -312,14 +314,10 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
             elif choice == 2:
                 target = rng.choice(targets)
                 f, args = some_fn(target)
-                api = rng.choice(
-                    [ref.remotecall, ref.remotecall_fetch, ref.remote_do]
-                )
+                api = rng.choice([ref.remotecall, ref.remotecall_fetch, ref.remote_do])
                 if api is ref.remotecall:
-                    try:
+                    with contextlib.suppress(Exception):
                         futures.append(await ref.remotecall(f, target, *args))
-                    except Exception:
-                        pass
                 else:
                     spawn(api, f, target, *args)
             elif choice == 3:
@@ -353,7 +351,7 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
             elif choice == 10 and pools:
                 # Only takes that will not wait: a take waiting on a pool
                 # whose last member then leaves never wakes in ref (see
-                # test_trace_refinement.test_waiting_take_fails_when_last_member_leaves).
+                # test_waiting_take_fails_when_last_member_leaves).
                 pool = rng.choice(pools)
                 if await pool.isready():
                     await quietly(pool.take)

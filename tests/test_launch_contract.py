@@ -294,7 +294,6 @@ def _hold(seconds: float) -> None:
     time.sleep(seconds)
 
 
-@pytest.mark.slow
 async def test_close_kills_workers_that_do_not_exit_within_the_grace() -> None:
     with trio.fail_after(60):
         async with ref.open_cluster():

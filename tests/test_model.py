@@ -417,7 +417,12 @@ def handshakes(seen: Seen) -> None:
     """The connection table, one link at a time."""
     runs = [
         [LinkEvent.DIAL, LinkEvent.COOKIE_OK, LinkEvent.JOIN, LinkEvent.JOIN_COMPLETE],
-        [LinkEvent.DIAL, LinkEvent.COOKIE_OK, LinkEvent.IDENTIFY, LinkEvent.IDENTIFY_ACK],
+        [
+            LinkEvent.DIAL,
+            LinkEvent.COOKIE_OK,
+            LinkEvent.IDENTIFY,
+            LinkEvent.IDENTIFY_ACK,
+        ],
         [LinkEvent.TIMEOUT, LinkEvent.DIAL, LinkEvent.COOKIE_BAD],
         [LinkEvent.DIAL, LinkEvent.SHORT_READ],
         [LinkEvent.DIAL, LinkEvent.TIMEOUT],

@@ -2,9 +2,10 @@
 
 Each test makes one mistake in ``ref`` (``model_mistakes``: on the master by
 monkeypatching, on every worker the driver starts by a remote call) and runs
-the model-based state machine; it must fail.  Shrinking is off (only
-detection is asserted, and shrinking on real processes is slow);
-``derandomize`` makes the outcome the same on every run.
+the model-based state machine; it must fail.  It runs on real processes and
+on the simulator (where one monkeypatch reaches every simulated process).
+Shrinking is off (only detection is asserted, and shrinking on real
+processes is slow); ``derandomize`` makes the outcome the same on every run.
 """
 
 from __future__ import annotations
@@ -48,17 +49,27 @@ def machine() -> Iterator[type[ClusterMachine]]:
     ClusterMachine.driver = None
     ClusterMachine.make_driver = Driver
     ClusterMachine.bound = 15.0
+    ClusterMachine.fresh_world = False
     left = {p: why for p in Driver.all_ospids if (why := leftover_worker(p))}
     assert not left, f"worker processes left behind: {left}"
 
 
+@pytest.mark.parametrize("backend", ["ref", "sim"])
 @pytest.mark.parametrize("mistake", sorted(model_mistakes.MISTAKES))
-def test_model_based_tests_catch(mistake: str, machine: type[ClusterMachine]) -> None:
+def test_model_based_tests_catch(
+    mistake: str, backend: str, machine: type[ClusterMachine]
+) -> None:
+    machine.driver = None
+    if backend == "sim":
+        model_sim = pytest.importorskip("model_sim")
+        pytest.importorskip("sim")
+        machine.make_driver = model_sim.SimDriver
+        machine.fresh_world = True
+    else:
+        machine.make_driver = functools.partial(Driver, mistake=mistake)
+    machine.bound = 5.0
     undo = model_mistakes.apply(mistake)
     try:
-        machine.driver = None
-        machine.make_driver = functools.partial(Driver, mistake=mistake)
-        machine.bound = 5.0
         with pytest.raises(Exception) as failure:
             run_state_machine_as_test(machine, settings=MISTAKE_SETTINGS)
     finally:

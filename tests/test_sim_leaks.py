@@ -70,7 +70,6 @@ def test_round_trips_leave_every_table_at_its_starting_size() -> None:
     _round_trips(fetches=10_000, futures=1_000, seed=1)
 
 
-@pytest.mark.slow
 def test_a_hundred_thousand_round_trips_leave_every_table_at_its_starting_size() -> (
     None
 ):

@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from spec.api import LaunchError
+
 from .._context import current_process
 from .._local import LocalLauncher, LocalWorkerHandle
 from .._process import Process
@@ -39,11 +41,14 @@ _children: dict[int, LocalWorkerHandle] = {}
 
 async def launch_additional(
     proc: Process, first: int, config: WorkerConfig, n: int
-) -> list[WorkerConfig]:
-    """Have worker ``first`` start ``n`` more; their configs for the master."""
+) -> tuple[list[WorkerConfig], list[LaunchError]]:
+    """Have worker ``first`` start ``n`` more: configs of those that started
+    and one error for each that did not."""
     exename = config.exename
     exeflags = tuple(config.exeflags or ())
-    addresses: list[tuple[str, int]] = await proc.remotecall_fetch(
+    addresses: list[tuple[str, int]]
+    errors: list[str]
+    addresses, errors = await proc.remotecall_fetch(
         start_children, first, (n, exename, exeflags), {}
     )
     configs = []
@@ -63,16 +68,15 @@ async def launch_additional(
                 userdata={"started_by": first},
             )
         )
-    return configs
+    failures = [LaunchError(f"on the host of worker {first}: {e}") for e in errors]
+    return configs, failures
 
 
 async def start_children(
     n: int, exename: str | None, exeflags: tuple[str, ...]
-) -> list[tuple[str, int]]:
-    """On a worker: start ``n`` workers beside this one; their addresses.
-
-    Those that fail to start are logged here and left out.
-    """
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """On a worker: start ``n`` workers beside this one; the addresses of
+    those that started, and why each other one did not."""
     proc = current_process()
     launcher = LocalLauncher(host=proc.host)
     params: dict[str, Any] = {"exeflags": exeflags}
@@ -85,14 +89,12 @@ async def start_children(
         params=params,
         nursery=proc.nursery_or_fail(),
     )
-    for error in failed:
-        log.error("Process(%d) - could not start a worker: %s", proc.myid, error)
     addresses = []
     for worker in started:
         assert isinstance(worker.handle, LocalWorkerHandle)
         _children[worker.port] = worker.handle
         addresses.append((worker.host, worker.port))
-    return addresses
+    return addresses, [str(error) for error in failed]
 
 
 def relay_child(pid: int, port: int) -> None:

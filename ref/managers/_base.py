@@ -68,6 +68,9 @@ log = logging.getLogger("ref")
 #: How often the master looks at ``launched`` without being notified.
 RECHECK_INTERVAL = 1.0
 
+#: Seconds a worker whose set-up failed may take to exit before it is killed.
+FAILED_SETUP_GRACE = 5.0
+
 #: The operations ``manage`` is called with.
 MANAGE_OPS = ("register", "deregister", "interrupt", "finalize")
 
@@ -612,10 +615,10 @@ class _AddprocsRun:
         )
         try:
             await proc.setup_worker(launched, pid=pid)
-        except BaseException:
-            # Reap it now (and tell the manager) rather than at shutdown.
-            with trio.CancelScope(shield=True):
-                await handle.stop(0)
+        except LaunchError:
+            # Reap it (and tell the manager) soon rather than at shutdown;
+            # a worker that is exiting by itself gets a moment to.
+            proc.spawn(handle.stop, FAILED_SETUP_GRACE)
             raise
 
         peer = proc.group.peer(pid)
@@ -654,7 +657,14 @@ class _AddprocsRun:
             return
         from ._additional import launch_additional
 
-        extra = await launch_additional(self.proc, pid, config, count - 1)
+        try:
+            extra, failed = await launch_additional(self.proc, pid, config, count - 1)
+        except Exception as exc:
+            raise LaunchError(
+                f"worker {pid} (which joined) could not start the other "
+                f"{count - 1} workers asked of its host: {exc}"
+            ) from exc
+        self.failures.extend(failed)
         self.launched.extend(extra)
         self.notify()
 

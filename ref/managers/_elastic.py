@@ -39,7 +39,7 @@ from spec.api import COOKIE_LENGTH, VERSION_LENGTH, LaunchError
 from .._context import current_process
 from .._process import Process
 from ..protocol.wire import ProtocolError, Role, WireConnection
-from ._base import ClusterManager, Notify, WorkerConfig
+from ._base import ClusterManager, Notify, WorkerConfig, manager_params
 
 log = logging.getLogger("ref")
 
@@ -103,6 +103,7 @@ class ElasticManager(ClusterManager):
         proc.require_master("ElasticManager.start")
         if self.address is not None:
             return self.address
+        manager_params(self, self.params)  # a bad keyword fails here, not later
         self._proc = proc
         address: tuple[str, int] = await proc.nursery_or_fail().start(self._serve)
         self.address = address
@@ -200,6 +201,8 @@ class ElasticManager(ClusterManager):
                 await addprocs(self, **self.params)
             except LaunchError as exc:
                 log.warning("ElasticManager: a worker failed to join: %s", exc)
+            except Exception:
+                log.exception("ElasticManager: adding the workers that dialled failed")
 
     # ----------------------------------------------------- the manager API
 
