@@ -123,6 +123,25 @@ def main(
         print(f"conformance: {exc}", file=sys.stderr)
         return 1
 
+    if args.only is not None and not any(args.only in b.id for b in catalogue):
+        print(f"conformance: no behaviour ID contains {args.only!r}", file=sys.stderr)
+        return 2
+    for target in (args.json, args.junit):
+        if target is not None and not Path(target).parent.is_dir():
+            print(
+                f"conformance: cannot write a report to {target}: "
+                "its folder does not exist",
+                file=sys.stderr,
+            )
+            return 2
+    if not args.verbose:
+        # Scenarios provoke errors on purpose; the runtime's logs of them
+        # would bury the table.  Only the printing is filtered: scenarios
+        # that watch the runtime's logger still see every record.  -v shows
+        # them.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_runtime)
+
     report = run_suite(
         catalogue,
         found,
@@ -138,6 +157,10 @@ def main(
     if args.junit is not None:
         write_junit(report, args.junit)
     return 0 if report.ok else 1
+
+
+def _quiet_runtime(record: logging.LogRecord) -> bool:
+    return not (record.name == "ref" or record.name.startswith("ref."))
 
 
 def _choose(available: Sequence[Backend], names: list[str] | None) -> list[Backend]:

@@ -31,7 +31,7 @@ from spec.api import (
 from . import _pools
 from ._channel import Channel
 from ._config import worker_timeout as configured_worker_timeout
-from ._context import current_process, reset_current, set_current
+from ._context import current_process, peek_current, reset_current, set_current
 from ._local import LocalLauncher
 from ._process import Process
 from ._refs import Future, RemoteChannel
@@ -79,6 +79,13 @@ async def open_cluster(
     On exit, normal or by an exception, every worker is asked to exit, given
     a few seconds, then killed; no worker process outlives the block.
     """
+    outer = peek_current()
+    if outer is not None:
+        raise RuntimeError(
+            "open_cluster: this task is already inside a cluster (process "
+            f"{outer.myid}); nested clusters are not supported, "
+            "use the one that is open"
+        )
     master = Process(
         myid=1,
         cookie=cookie or random_cookie(),

@@ -48,6 +48,7 @@ from spec.api import (
     NoSuchProcessError,
     NotMasterError,
     ProcessExitedException,
+    ReferenceNotFoundError,
     RemoteException,
     TopologyError,
 )
@@ -187,6 +188,14 @@ class Link:
             except ProtocolError:
                 # The link closed or broke while this send waited its turn.
                 raise ProcessExitedException(self.peer) from None
+            except Exception as exc:
+                self.proc.requeue_notices(self.peer, notices)
+                what = type(message).__name__ if message is not None else "notice"
+                raise TypeError(
+                    f"could not serialise a {what} for process {self.peer}: {exc}; "
+                    "functions, arguments and results must be picklable by "
+                    "cloudpickle (locks, sockets and open streams are not)"
+                ) from exc
             except BaseException:
                 self.proc.requeue_notices(self.peer, notices)
                 raise
@@ -721,6 +730,7 @@ class Process:
 
     async def channel_op(self, chan: RemoteChannel, op: str, *args: object) -> Any:
         """Run a channel operation on the owner; local ones copy nothing."""
+        self.check_home(chan)
         if chan.where == self.myid:
             if chan.rrid not in self.refs:
                 # First use: a failing factory fails as a remote owner's
@@ -1013,11 +1023,21 @@ class Process:
         obj = kind._make(where, rrid, value)  # type: ignore[attr-defined]  # every kind has _make
         assert isinstance(obj, kind)
         self._local_refs[rrid] = obj
+        obj._home = weakref.ref(self)
         if obj.tracked:
             if where == self.myid:
                 self.refs.announce(rrid, self.myid, added=True)
             self._finalizers[rrid] = weakref.finalize(obj, self._finalized, rrid, where)
         return obj
+
+    def check_home(self, ref: RemoteRef) -> None:
+        """Refuse a reference that belongs to another (e.g. closed) cluster."""
+        if not ref.belongs_to(self):
+            raise ReferenceNotFoundError(
+                f"{ref!r} belongs to another cluster (one that has closed, or a "
+                f"different one) than process {self.myid}'s; a reference can only "
+                "be used in the cluster that created it"
+            )
 
     def forget_holder(self, ref: RemoteRef) -> None:
         """This process no longer needs the owner to keep ``ref``'s value."""
@@ -1088,6 +1108,7 @@ class Process:
 
     async def fetch_future(self, fut: Future) -> Any:
         """The Future's value, fetched once and cached; a failure raises."""
+        self.check_home(fut)
         async with fut.lock:
             if fut.has_value:
                 value = fut.cached
@@ -1105,6 +1126,7 @@ class Process:
         return value
 
     async def wait_future(self, fut: Future) -> Future:
+        self.check_home(fut)
         if fut.has_value:
             return fut
         if fut.where == self.myid:
@@ -1116,6 +1138,7 @@ class Process:
         return fut
 
     async def isready_future(self, fut: Future) -> bool:
+        self.check_home(fut)
         if fut.has_value:
             return True
         if fut.where == self.myid:
@@ -1126,6 +1149,7 @@ class Process:
         return ready
 
     async def put_future(self, fut: Future, value: object) -> Future:
+        self.check_home(fut)
         if fut.has_value:
             raise FutureAlreadySetError("Future can be set only once")
         if fut.where == self.myid:

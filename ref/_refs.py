@@ -18,6 +18,7 @@ The owner frees the slot when no process holds the reference any more.
 from __future__ import annotations
 
 import contextvars
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -100,10 +101,20 @@ class RemoteRef:
     local object for the RRID.
     """
 
-    __slots__ = ("__weakref__", "_where", "rrid")
+    __slots__ = ("__weakref__", "_home", "_where", "rrid")
 
     _where: int
     rrid: RRID
+    _home: weakref.ref[Any] | None
+
+    def belongs_to(self, proc: object) -> bool:
+        """Whether this object was made or received by process ``proc``.
+
+        A reference is only meaningful in the cluster that created it; one
+        kept past the end of its cluster must not be confused with a new
+        cluster's reference that happens to have the same RRID.
+        """
+        return self._home is None or self._home() is proc
 
     @property
     def where(self) -> int:
@@ -169,6 +180,7 @@ class Future(RemoteRef):
         fut.rrid = rrid
         fut._value = value
         fut._lock = None
+        fut._home = None
         return fut
 
     @property
@@ -222,6 +234,11 @@ class RemoteChannel(RemoteRef):
         cls, factory: ChannelFactory | int | None = None, pid: int | None = None
     ) -> RemoteChannel:
         if isinstance(factory, int) and not isinstance(factory, bool):
+            if pid is not None:
+                raise TypeError(
+                    f"RemoteChannel({factory!r}, {pid!r}): give a pid once, either "
+                    "RemoteChannel(pid) or RemoteChannel(factory, pid)"
+                )
             factory, pid = None, factory
         if factory is not None and not callable(factory):
             raise TypeError(
@@ -239,6 +256,7 @@ class RemoteChannel(RemoteRef):
         chan._where = where
         chan.rrid = rrid
         chan.factory = value if callable(value) else None
+        chan._home = None
         return chan
 
     def _payload(self) -> object:

@@ -606,3 +606,52 @@ async def test_worker_with_a_bad_timeout_fails_to_launch_visibly(
             await ref.addprocs(1)
         assert ref.workers() == [1]
     assert any("DISTREF_WORKER_TIMEOUT" in line for line in lines)
+
+
+# ------------------------------------------------- references and clusters
+
+
+def _echo(value: object) -> object:
+    return value
+
+
+async def test_a_future_from_a_closed_cluster_is_refused_not_confused() -> None:
+    """A kept Future must not read another cluster's value with its RRID."""
+    with trio.fail_after(60):
+        async with ref.open_cluster():
+            [pid] = await ref.addprocs(1)
+            old = await ref.remotecall(_echo, pid, "first cluster")
+        async with ref.open_cluster():
+            [pid] = await ref.addprocs(1)
+            new = await ref.remotecall(_echo, pid, "second cluster")
+            assert old.rrid == new.rrid
+            with pytest.raises(ref.ReferenceNotFoundError, match="another cluster"):
+                await ref.fetch(old)
+            assert await ref.fetch(new) == "second cluster"
+
+
+async def test_clusters_do_not_nest() -> None:
+    with trio.fail_after(30):
+        async with ref.open_cluster():
+            with pytest.raises(RuntimeError, match="nested clusters"):
+                async with ref.open_cluster():
+                    pass
+            assert ref.myid() == 1
+
+
+async def test_an_unpicklable_argument_names_the_target_process() -> None:
+    import threading
+
+    with trio.fail_after(30):
+        async with ref.open_cluster():
+            [pid] = await ref.addprocs(1)
+            with pytest.raises(TypeError, match=f"for process {pid}"):
+                await ref.remotecall_fetch(_echo, pid, threading.Lock())
+            assert await ref.remotecall_fetch(_echo, pid, 5) == 5
+
+
+async def test_remote_channel_refuses_two_pids() -> None:
+    with trio.fail_after(30):
+        async with ref.open_cluster():
+            with pytest.raises(TypeError, match="give a pid once"):
+                ref.RemoteChannel(5, 2)
