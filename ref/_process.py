@@ -34,7 +34,7 @@ import logging
 import os
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -1041,6 +1041,12 @@ class Process:
 
     def forget_holder(self, ref: RemoteRef) -> None:
         """This process no longer needs the owner to keep ``ref``'s value."""
+        if isinstance(ref, Future) and ref._waits:
+            # A wait or isready of ours is on its way to the owner: letting
+            # go now could free the value before it arrives, and it would
+            # then wait on an empty slot for ever.
+            ref._release_deferred = True
+            return
         finalizer = self._finalizers.pop(ref.rrid, None)
         if finalizer is not None:
             finalizer.detach()
@@ -1127,26 +1133,42 @@ class Process:
 
     async def wait_future(self, fut: Future) -> Future:
         self.check_home(fut)
-        if fut.has_value:
-            return fut
-        if fut.where == self.myid:
-            value = await self._owned_slot(fut.rrid).wait()
-        else:
-            value = await self.remotecall_fetch(_wait_owned, fut.where, (fut.rrid,), {})
+        with self._asking_owner(fut):
+            if fut.has_value:
+                return fut
+            if fut.where == self.myid:
+                value = await self._owned_slot(fut.rrid).wait()
+            else:
+                value = await self.remotecall_fetch(
+                    _wait_owned, fut.where, (fut.rrid,), {}
+                )
         if isinstance(value, RemoteException):
             raise value
         return fut
 
     async def isready_future(self, fut: Future) -> bool:
         self.check_home(fut)
-        if fut.has_value:
-            return True
-        if fut.where == self.myid:
-            return self._owned_slot(fut.rrid).is_set
-        ready: bool = await self.remotecall_fetch(
-            _isready_owned, fut.where, (fut.rrid,), {}
-        )
+        with self._asking_owner(fut):
+            if fut.has_value:
+                return True
+            if fut.where == self.myid:
+                return self._owned_slot(fut.rrid).is_set
+            ready: bool = await self.remotecall_fetch(
+                _isready_owned, fut.where, (fut.rrid,), {}
+            )
         return ready
+
+    @contextlib.contextmanager
+    def _asking_owner(self, fut: Future) -> Iterator[None]:
+        """Keep this process a holder of ``fut`` while a question is out."""
+        fut._waits += 1
+        try:
+            yield
+        finally:
+            fut._waits -= 1
+            if not fut._waits and fut._release_deferred:
+                fut._release_deferred = False
+                self.forget_holder(fut)
 
     async def put_future(self, fut: Future, value: object) -> Future:
         self.check_home(fut)

@@ -157,10 +157,14 @@ class Future(RemoteRef):
     ``fetch``, ``wait`` and ``isready``; set it once with ``put``.
     """
 
-    __slots__ = ("_lock", "_value")
+    __slots__ = ("_lock", "_release_deferred", "_value", "_waits")
 
     _value: object
     _lock: trio.Lock | None
+    #: Waits on the owner in flight from this process; while there are any,
+    #: dropping this holder is deferred so the owner keeps what they wait on.
+    _waits: int
+    _release_deferred: bool
 
     def __new__(cls, pid: int | None = None) -> Future:
         """A new, unset Future whose value will be stored on ``pid``.
@@ -181,6 +185,8 @@ class Future(RemoteRef):
         fut._value = value
         fut._lock = None
         fut._home = None
+        fut._waits = 0
+        fut._release_deferred = False
         return fut
 
     @property
