@@ -1116,19 +1116,20 @@ class Process:
         """The Future's value, fetched once and cached; a failure raises."""
         self.check_home(fut)
         async with fut.lock:
-            if fut.has_value:
-                value = fut.cached
-            elif fut.where == self.myid:
-                value = await self._owned_slot(fut.rrid).wait()
-            else:
-                value = await self.remotecall_fetch(
-                    _fetch_owned, fut.where, (fut.rrid,), {}
-                )
-            if isinstance(value, RemoteException):
-                raise value
-            if not fut.has_value:
-                fut.cache(value)
-                self.forget_holder(fut)
+            with self._asking_owner(fut):
+                if fut.has_value:
+                    value = fut.cached
+                elif fut.where == self.myid:
+                    value = await self._owned_slot(fut.rrid).wait()
+                else:
+                    value = await self.remotecall_fetch(
+                        _fetch_owned, fut.where, (fut.rrid,), {}
+                    )
+                if isinstance(value, RemoteException):
+                    raise value
+                if not fut.has_value:
+                    fut.cache(value)
+                    self.forget_holder(fut)
         return value
 
     async def wait_future(self, fut: Future) -> Future:
@@ -1179,13 +1180,12 @@ class Process:
             fut.cache(value)
             self.forget_holder(fut)
             return fut
-        await self.remotecall_fetch(
-            _put_owned, fut.where, (fut.rrid, value, self.myid), {}
-        )
+        await self.remotecall_fetch(_put_owned, fut.where, (fut.rrid, value), {})
         fut.cache(value)
-        finalizer = self._finalizers.pop(fut.rrid, None)
-        if finalizer is not None:
-            finalizer.detach()
+        # Let go through the ordinary notice, after any fetch or wait of
+        # ours still on its way to the owner (which would otherwise find
+        # the value freed by this put and wait for ever).
+        self.forget_holder(fut)
         return fut
 
     # ------------------------------------------------------------ joining
@@ -1502,10 +1502,8 @@ def _isready_owned(rrid: RRID) -> bool:
 
 
 @_serves_references
-def _put_owned(rrid: RRID, value: object, caller: int) -> None:
-    proc = _owner()
-    proc._owned_slot(rrid).set(value)
-    proc.refs.del_client(rrid, caller)
+def _put_owned(rrid: RRID, value: object) -> None:
+    _owner()._owned_slot(rrid).set(value)
 
 
 @_serves_references

@@ -1141,8 +1141,35 @@ class Model:
     # remote calls
 
     def _new_job(self, job: Job) -> None:
+        """Start ``job``; a reference among its arguments is held meanwhile.
+
+        Sending a reference to a worker as an argument makes the worker a
+        holder until the call is over (the owner hears of it like of any
+        other holder), so the client set shows it while the call runs.
+        """
+        ref = _job_ref(job)
+        if ref is not None and job.on not in self.holders_of(ref):
+            rec = self._record(ref)
+            if rec.clients is not ClientsState.FREED:
+                self._clients_event(ref, ClientsEvent.ADD)
         self.jobs[self.next_job] = job
         self.next_job += 1
+
+    def _end_job(self, jid: int, *, died: bool = False) -> None:
+        """Forget job ``jid``; its worker may stop holding a reference."""
+        job = self.jobs.pop(jid)
+        ref = _job_ref(job)
+        if ref is None or job.on in self.holders_of(ref):
+            return
+        self._holder_left(ref, died=died)
+
+    def holders_of(self, ref: str) -> frozenset[int]:
+        """Who holds ``ref`` as the owner counts it: keepers and running calls."""
+        rec = self._record(ref)
+        if self._reach(rec.owner) == "gone":
+            return frozenset()  # nothing is counted any more
+        held = {job.on for job in self.jobs.values() if _job_ref(job) == ref}
+        return rec.holders | held
 
     def _op_call(
         self, cid: int, op: RemoteCall | RemoteCallFetch | RemoteCallWait | RemoteDo
@@ -1185,9 +1212,14 @@ class Model:
     def _run_job(self, jid: int, job: Job) -> list[Model]:
         if self._reach(job.on) not in ("ok",) and not job.ghost:
             return []
+        if job.ghost and self._record(_ghost_ref(job)).clients is ClientsState.FREED:
+            # The value was freed: whatever the ghost does, nobody sees it.
+            gone = self.clone()
+            del gone.jobs[jid]
+            return [gone]
         results = []
         for m, result in self.clone()._apply_fn(job.fn, job.on):
-            del m.jobs[jid]
+            m._end_job(jid)
             if not job.ghost:
                 m._deliver(job, result)
             results.append(m)
@@ -1420,32 +1452,42 @@ class Model:
         self._store(ref, replace(rec, clients=transition.target))
 
     def _drop_holder(self, ref: str, pid: int, *, died: bool = False) -> None:
-        """``pid`` no longer holds an unfetched reference to ``ref``."""
+        """``pid`` no longer keeps an unfetched reference to ``ref``."""
         rec = self._record(ref)
         if pid not in rec.holders:
             return
-        rest = rec.holders - {pid}
-        if rec.clients is ClientsState.HELD:
+        self._store(ref, replace(rec, holders=rec.holders - {pid}))
+        if pid not in self.holders_of(ref):
+            self._holder_left(ref, died=died)
+
+    def _holder_left(self, ref: str, *, died: bool) -> None:
+        """A holder left ``ref``'s client set: tell the owner's table."""
+        state = self._record(ref).clients
+        if state is ClientsState.ABSENT:
+            self._clients_event(ref, ClientsEvent.DEL)
+        elif state is ClientsState.HELD:
+            last = not self.holders_of(ref)
             if died:
                 event = (
-                    ClientsEvent.HOLDER_DIED if rest else ClientsEvent.HOLDER_DIED_LAST
+                    ClientsEvent.HOLDER_DIED_LAST if last else ClientsEvent.HOLDER_DIED
                 )
             else:
-                event = ClientsEvent.DEL if rest else ClientsEvent.DEL_LAST
+                event = ClientsEvent.DEL_LAST if last else ClientsEvent.DEL
             self._clients_event(ref, event)
-        elif rec.clients is ClientsState.ABSENT:
-            self._clients_event(ref, ClientsEvent.DEL)
-        self._store(ref, replace(self._record(ref), holders=rest))
 
     def _op_forward(self, cid: int, op: Forward) -> list[Model]:
         def proceed(m: Model) -> list[Model]:
             rec = m._record(op.ref)
             copies = rec.copies | {op.pid}
             if isinstance(rec, FutureRec) and MASTER in rec.cached:
-                # A fetched Future travels with its value: no owner involved.
+                # A fetched Future travels with its value: no owner involved,
+                # and a receiver holding an unfetched copy adopts the value
+                # and leaves the client set (rrid.arriving-value-adopted).
                 m.futures[op.ref] = replace(
                     rec, cached=rec.cached | {op.pid}, copies=copies
                 )
+                if m._reach(rec.owner) != "gone":
+                    m._drop_holder(op.ref, op.pid)
             elif op.pid in rec.holders or m._reach(rec.owner) == "gone":
                 m._store(op.ref, replace(rec, copies=copies))
             else:
@@ -1481,7 +1523,7 @@ class Model:
         def proceed(m: Model) -> list[Model]:
             answer: Value = None
             if rec.clients is ClientsState.HELD:
-                answer = tuple(sorted(rec.holders))
+                answer = tuple(sorted(self.holders_of(op.ref)))
             m._done(cid, Returned(answer), _remote(rec.owner))
             return [m]
 
@@ -1650,10 +1692,13 @@ class Model:
             nested = isinstance(job.fn, TakeFrom | PutInto) and (
                 m.channels[job.fn.ref].owner != pid
             )
-            if nested and not job.ghost:
-                m.jobs[jid] = Job(job.fn, job.on, ghost=True)
+            if nested:
+                # The owner lives on: the holder died, its request may not.
+                m._end_job(jid, died=True)
+                if not job.ghost:
+                    m.jobs[jid] = Job(job.fn, job.on, ghost=True)
             else:
-                del m.jobs[jid]
+                del m.jobs[jid]  # no reference, or one that dies with pid
 
         for ref in sorted([*m.futures, *m.channels]):
             rec = m._record(ref)
@@ -1714,9 +1759,9 @@ class Model:
                 raise ModelError(f"future {ref}: cached without a value")
         for ref in [*self.futures, *self.channels]:
             any_rec = self._record(ref)
-            if (any_rec.clients is ClientsState.HELD) != bool(any_rec.holders) and (
-                any_rec.clients is not ClientsState.ABSENT
-            ):
+            if (any_rec.clients is ClientsState.HELD) != bool(
+                self.holders_of(ref)
+            ) and (any_rec.clients is not ClientsState.ABSENT):
                 raise ModelError(f"{ref}: client set {any_rec.clients} inconsistent")
         if any(p >= self.next_pid or p <= MASTER for p in self.procs):
             raise ModelError("a pid outside 2..next_pid-1")
@@ -1728,6 +1773,23 @@ class _Refusal(Exception):
     def __init__(self, outcome: Raised) -> None:
         super().__init__(outcome)
         self.outcome = outcome
+
+
+def _ghost_ref(job: Job) -> str:
+    """The channel a ghost job acts on (ghosts are only channel requests)."""
+    assert isinstance(job.fn, TakeFrom | PutInto)
+    return job.fn.ref
+
+
+def _job_ref(job: Job) -> str | None:
+    """The reference a running job holds as an argument, if any.
+
+    A ghost holds nothing (its worker is gone), and a call run by the master
+    itself copies nothing.
+    """
+    if job.ghost or job.on == MASTER or not isinstance(job.fn, TakeFrom | PutInto):
+        return None
+    return job.fn.ref
 
 
 def _remote(pid: int) -> int | None:

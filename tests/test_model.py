@@ -326,7 +326,7 @@ def pending_calls_resolve(seen: Seen) -> None:
 
 def client_sets(seen: Seen) -> None:
     """The owner's client set follows who holds unfetched references."""
-    r = Run(seen, (2, 3, 4))
+    r = Run(seen, (2, 3, 4, 5))
     r.ok(m.NewFuture("f", 2), ("future", 2))
     r.ok(m.Clients("f"), None)  # nothing stored before first use
     r.ok(m.Forward("f", 3))  # counted apart until first use
@@ -339,17 +339,27 @@ def client_sets(seen: Seen) -> None:
     r.ok(m.Clients("f"), (1, 3, 4))
     r.ok(m.Put("f", 1), ("future", 2))  # the putter leaves the set
     r.ok(m.Clients("f"), (3, 4))
-    r.ok(m.Forward("f", 2))  # a fetched Future travels with its value
-    r.ok(m.Kill(3))  # a holder dies
-    r.ok(m.Drop("f", 4))  # the last holder lets go: freed
+    r.ok(m.Forward("f", 5))  # a fetched Future travels with its value
+    r.ok(m.Forward("f", 3))  # 3's unfetched copy adopts it and lets go
+    r.ok(m.Clients("f"), (4,))
+    r.ok(m.Drop("f", 3))  # 3 held the value, not a reference: no change
+    r.ok(m.Kill(4))  # the last holder dies: freed
     r.ok(m.Clients("f"), None)
-    r.ok(m.NewChannel("c", 2, 1), ("channel", 2))
+    r.ok(m.NewChannel("c", 1, 1), ("channel", 1))
     r.ok(m.IsReady("c"), False)
-    r.ok(m.Forward("c", 4))
-    r.ok(m.Clients("c"), (1, 4))
+    r.ok(m.Forward("c", 3))
+    waiting = r.start(m.RemoteCallFetch(5, m.TakeFrom("c")))
+    r.ok(m.Clients("c"), (1, 3, 5))  # a running call holds its argument
+    r.ok(m.Kill(5))  # a holder dies
+    r.answer(waiting, m.Raised(PEE, 5))
     r.ok(m.Drop("c", 1))  # the master lets go of its handle
-    r.ok(m.Kill(4))  # and the last holder dies: freed
+    r.ok(m.Clients("c"), (3,))
+    r.ok(m.Kill(3))  # the last holder dies: freed
     r.ok(m.Clients("c"), None)
+    r.ok(m.NewChannel("k", 1, 1), ("channel", 1))
+    r.ok(m.IsReady("k"), False)
+    r.ok(m.RemoteCallFetch(2, m.PutInto("k", 1)))
+    r.ok(m.Clients("k"), (1,))  # the call is over: 2 let go
     r.ok(m.RemoteCall(2, m.Const(1), "g"), ("future", 2))
     r.ok(m.Clients("g"), (1,))  # the call stores it on arrival
     r.ok(m.Fetch("g"), 1)
@@ -358,7 +368,7 @@ def client_sets(seen: Seen) -> None:
     r.ok(m.NewChannel("d", 2, 1), ("channel", 2))
     r.ok(m.Put("d", 1), ("channel", 2))
     r.ok(m.Kill(2))  # g was freed already; "never" was never stored
-    r.refused(m.Clients("f"), m.Returned((1,)))
+    r.refused(m.Clients("k"), m.Returned((1, 2)))
 
 
 def pools(seen: Seen) -> None:

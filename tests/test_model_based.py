@@ -31,7 +31,7 @@ from model_machine import ClusterMachine
 
 from spec import model as m
 
-EXAMPLES = int(os.environ.get("DISTREF_MODEL_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("DISTREF_MODEL_EXAMPLES", "30"))
 SIM_EXAMPLES = int(os.environ.get("DISTREF_MODEL_SIM_EXAMPLES", "150"))
 
 REF_SETTINGS = settings(

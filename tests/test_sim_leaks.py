@@ -10,7 +10,6 @@ that lost an entry fails as surely as one that kept one.
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 import ref

@@ -25,6 +25,7 @@ from typing import Any
 import model_mistakes
 import pytest
 import trio
+import trio.testing
 from conftest import leftover_worker
 from model_harness import Driver, Harness
 from model_trace import check_records, random_program
@@ -158,17 +159,22 @@ def test_waiting_take_fails_when_last_member_leaves(driver: Driver) -> None:
     assert harness.responses[waiting] == m.Raised("NoActiveWorkerError")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Refuted,
-    reason="ref (and Julia): a holder's fetch that reaches the owner after the "
-    "same holder's put freed the value waits on a fresh, empty store",
-)
-def test_fetch_overtaken_by_own_put_answers(driver: Driver) -> None:
-    harness = Harness(driver, workers=2, bound=5.0)
-    w2, _ = driver.live_workers()
-    harness.step(m.NewFuture("f", w2))
-    harness.start(m.Put("f", 7))
-    fetch = harness.start(m.Fetch("f"))
-    harness.settle()
-    assert harness.responses[fetch] == m.Returned(7)
+def test_fetch_overtaken_by_own_put_answers() -> None:
+    """On the simulator, so the put's message surely goes first."""
+    sim = _sim()
+    records: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async with sim.open_cluster(check_leaks=False):
+            with recording(records.append):
+                (w,) = await ref.addprocs(1)
+                fut = ref.Future(w)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ref.put, fut, 7)
+                    await trio.testing.wait_all_tasks_blocked()
+                    with trio.move_on_after(30):
+                        await ref.fetch(fut)
+                    nursery.cancel_scope.cancel()
+
+    sim.run(main, seed=0)
+    check_records(records)
