@@ -134,22 +134,25 @@ def main(
                 file=sys.stderr,
             )
             return 2
-    if not args.verbose:
-        # Scenarios provoke errors on purpose; the runtime's logs of them
-        # would bury the table.  Only the printing is filtered: scenarios
-        # that watch the runtime's logger still see every record.  -v shows
-        # them.
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_quiet_runtime)
-
-    report = run_suite(
-        catalogue,
-        found,
-        chosen,
-        seed=args.seed,
-        timeout=args.timeout,
-        only=args.only,
-    )
+    # Scenarios provoke errors on purpose; the runtime's logs of them would
+    # bury the table.  Only the printing to the terminal is filtered, and
+    # only for this run: scenarios that watch the runtime's logger still see
+    # every record.  -v shows them.
+    quieted = [] if args.verbose else _terminal_handlers()
+    for handler in quieted:
+        handler.addFilter(_quiet_runtime)
+    try:
+        report = run_suite(
+            catalogue,
+            found,
+            chosen,
+            seed=args.seed,
+            timeout=args.timeout,
+            only=args.only,
+        )
+    finally:
+        for handler in quieted:
+            handler.removeFilter(_quiet_runtime)
 
     out.write(format_text(report, colour=_wants_colour(out)) + "\n")
     if args.json is not None:
@@ -157,6 +160,15 @@ def main(
     if args.junit is not None:
         write_junit(report, args.junit)
     return 0 if report.ok else 1
+
+
+def _terminal_handlers() -> list[logging.Handler]:
+    """The root handlers that print to the process's own stderr."""
+    return [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+    ]
 
 
 def _quiet_runtime(record: logging.LogRecord) -> bool:
