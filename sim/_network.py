@@ -13,9 +13,13 @@ Theory of operation:
   direction) plus a latency drawn from the link's distribution, and never
   earlier than the previous chunk of the same direction: delivery is FIFO
   per direction, and reordering happens only across connections;
-* one *pump* task holds every chunk in flight in a heap keyed by
-  (arrival ns, sequence number) and, when virtual time reaches the head,
-  appends the bytes to the receiver's buffer and wakes its reader;
+* every chunk in flight waits in one heap keyed by (arrival ns, sequence
+  number); when virtual time reaches the head, its bytes are appended to
+  the receiver's buffer and its reader is woken.  That happens as trio's
+  run loop wakes up at the arrival (an instrument hook), before any task
+  runs, so the reader reads in that same pass; a *pump* task holds the
+  next arrival as its deadline, for the mock clock to jump to, and
+  delivers whatever the hook could not;
 * a chunk that would cross a partition, or follows one that is held, is
   held on its direction (the connection stalls) and released, in order,
   when the partition heals; a partition that lasts ``break_after`` seconds

@@ -10,7 +10,8 @@ their timing depend on the machine, and everything allocated before the
 run frozen out of it (``gc.freeze``), so that garbage from earlier code is
 never finalized inside the run.  Inside it: the guards (``_guards``), the
 watchdog (``_watchdog``) and a task that collects the run's garbage only at
-quiescent points (every task blocked) after every ``gc_every`` deliveries.
+quiescent points (every task blocked) after every ``gc_every`` deliveries
+(times the run's simulated processes in hundreds, beyond the first hundred).
 
 All randomness of a run comes from its seed, through named streams
 (``Run.rng``): the scheduler, and per cluster the network, the launcher,
@@ -57,6 +58,11 @@ SIM_CPU_COUNT = 4
 #: Collect cyclic garbage at the first quiescent point after this many
 #: deliveries (0: never during the run).
 DEFAULT_GC_EVERY = 200
+#: ... times the number of simulated processes in units of this many, if
+#: more than one: a collection walks every process's state (and each knows
+#: all its peers), so in a big cluster collecting every ``gc_every``
+#: deliveries would cost more than everything else the run does.
+GC_PROCESSES_PER_STEP = 100
 
 _COOKIE_ALPHABET = string.ascii_letters + string.digits
 
@@ -76,6 +82,7 @@ class Run:
         self.deliveries = 0
         self.end_ns = 0
         self._gc_every = gc_every
+        self._gc_next = gc_every
         self._gc_due = trio.Event()
         self._clusters = itertools.count()
         self._ospids = itertools.count(FIRST_OSPID)
@@ -110,8 +117,14 @@ class Run:
 
     def delivered(self) -> None:
         self.deliveries += 1
-        if self._gc_every and self.deliveries % self._gc_every == 0:
+        if self._gc_every and self.deliveries >= self._gc_next:
+            self._gc_next = self.deliveries + self.gc_interval()
             self._gc_due.set()
+
+    def gc_interval(self) -> int:
+        """Deliveries from one collection of garbage to the next, for now."""
+        steps = max(1, len(self._processes) // GC_PROCESSES_PER_STEP)
+        return self._gc_every * steps
 
     async def collect_garbage(self) -> None:
         """Collect cyclic garbage at quiescent points; runs until cancelled."""

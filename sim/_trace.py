@@ -47,8 +47,8 @@ def _one_shot_encoder() -> Callable[[object], str]:
     ``JSONEncoder.encode`` builds the C encoder anew for each object; this
     builds it once, with the same options, when the C accelerator exists.
     The output is the same (``test_sim_run`` checks every line against
-    ``json.dumps``); only the
-    check for circular containers is left out, and an event holds none.
+    ``json.dumps``); only the check for circular containers is left out,
+    and an event holds none.
     """
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_encoder is None:

@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import trio
@@ -22,7 +23,12 @@ import trio._core._run
 import ref
 import sim
 from sim._determinism import check_trio_internals, deterministic_scheduling
+from sim._run import Run
+from sim._trace import Trace
 from sim.scenarios import Options, chaos, run_builtin
+
+if TYPE_CHECKING:
+    from ref._process import Process
 
 
 def _interleaving(seed: int) -> list[int]:
@@ -147,6 +153,18 @@ def test_garbage_is_collected_only_at_quiescent_points(
     assert len(collections) > 10
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+def test_big_clusters_collect_garbage_less_often() -> None:
+    """A collection walks every process: a thousand of them take 2,000 deliveries."""
+    run = Run(1, Trace(enabled=False, scenario="gc", seed=1), gc_every=200)
+    intervals = {}
+    for count in range(1, 1001):
+        run.register_process(cast("Process", object()), count)
+        intervals[count] = run.gc_interval()
+    assert {intervals[n] for n in range(1, 200)} == {200}
+    assert intervals[250] == 400
+    assert intervals[1000] == 2000
 
 
 def _first_difference(a: bytes, b: bytes) -> str:

@@ -287,3 +287,51 @@ def test_a_writer_waits_while_the_window_is_full() -> None:
                 await one.send_all(b"y")
 
     _simulate(main)
+
+
+def test_the_pump_delivers_when_the_run_loop_hook_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hook is a shortcut: without it, chunks arrive all the same."""
+    monkeypatch.setattr(sim._network._DeliveryHook, "after_io_wait", _no_hook)
+
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Uniform(0.0, 0.01))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            began = trio.current_time()
+            sent = b"".join(b"%d," % i for i in range(50))
+            for i in range(50):
+                await one.send_all(b"%d," % i)
+            got = b""
+            while len(got) < len(sent):
+                got += await two.receive_some()
+            assert got == sent
+            assert net.deliveries == 50
+            assert trio.current_time() - began <= 0.01 + 1e-9
+
+    _simulate(main)
+
+
+def _no_hook(self: object, timeout: float) -> None:
+    pass
+
+
+def test_an_error_while_delivering_from_the_hook_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """trio would drop a failing instrument quietly; the pump raises instead."""
+
+    def broken(self: Network, chunk: object) -> None:
+        raise RuntimeError("delivery failed")
+
+    monkeypatch.setattr(Network, "_deliver", broken)
+
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            await one.send_all(b"x")
+            await two.receive_some()
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        _simulate(main)
+    assert caught.group_contains(RuntimeError, match="delivery failed")
