@@ -253,9 +253,7 @@ def _zombie(pid: int) -> bool:
 
 
 async def test_interrupt_runs_kill_over_ssh(sshd: SshServer, tag: str) -> None:
-    interrupt = getattr(ref, "interrupt", None)
-    if interrupt is None:
-        pytest.skip("ref.interrupt is not available in this checkout")
+    interrupt = ref.interrupt
     with trio.fail_after(BOUND):
         async with ref.open_cluster():
             [pid] = await ref.addprocs([sshd.spec()], **opts(sshd, tag))
