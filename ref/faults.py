@@ -18,9 +18,14 @@ async def kill(pid: int) -> None:
     """Kill worker ``pid`` abruptly; only the master can do this."""
     proc = current_process()
     proc.require_master("faults.kill")
+    if pid == proc.myid:
+        raise ValueError(
+            f"faults.kill({pid}): pid {pid} is the master, which cannot kill "
+            "itself; give a worker pid (see workers())"
+        )
     if proc.group.has_left(pid):
         raise ProcessExitedException(pid)
     handle = proc.handles.get(pid)
     if handle is None:
-        raise NoSuchProcessError(pid)
+        raise NoSuchProcessError(pid, proc.group.procs())
     handle.kill()

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from ._faults import FaultPlan
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)} "
             "(see 'python -m sim list')"
         )
+    if args.command == "run" and args.trace is not None:
+        folder = Path(args.trace).resolve().parent
+        if not folder.is_dir():
+            parser.error(f"--trace {args.trace}: folder {folder} does not exist")
     if args.command == "run":
         return _run(args, faults, sys.stdout)
     return _sweep(args, faults, sys.stdout, sys.stderr)
@@ -75,12 +80,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="a scenario name from 'python -m sim list'")
-    parser.add_argument("--workers", type=int, help="how many workers to add")
+    parser.add_argument(
+        "--workers", type=_positive, help="how many workers to add (1 or more)"
+    )
     parser.add_argument(
         "--faults",
         metavar="SPEC",
         help="extra faults, e.g. 'crash:pid=2,at=1.5;partition:pids=3,heal=10'",
     )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} workers: give 1 or more")
+    return value
 
 
 def _seed_range(text: str) -> range:

@@ -175,6 +175,23 @@ class World:
     def _fault(self, kind: str, **fields: object) -> None:
         self.trace.event("fault", fault=kind, **fields)
         log.debug("fault %s %s", kind, fields)
+        if fields.get("skipped"):
+            log.warning(
+                "fault %s on pid %s at %.6f s hit nothing: %s",
+                kind,
+                fields.get("pid"),
+                trio.current_time(),
+                self._why_missing(fields.get("pid")),
+            )
+
+    def _why_missing(self, pid: object) -> str:
+        # A fault that hits nothing is usually a mistake in the plan (a pid
+        # that was never added), so the warning says which case it is.
+        if pid == 1:
+            return "the master cannot be faulted this way"
+        if any(node.pid == pid for node in self.nodes):
+            return "that process has already exited"
+        return f"no process has that pid (live workers: {self.live_workers()})"
 
     def kill(self, node: Node, *, fault: str = "kill") -> None:
         """Kill ``node`` like ``kill -9``: silence it, then cancel its tasks."""

@@ -138,14 +138,20 @@ class RmprocsTimeoutError(DistributedError):
 
 
 class NoSuchProcessError(DistributedError, LookupError):
-    """The master was asked about ``pid``, which it never had."""
+    """The master was asked about ``pid``, which it never had.
 
-    def __init__(self, pid: int):
-        super().__init__(f"no process with id {pid} exists")
+    ``known`` lists the pids the asker did have, when it said, so that the
+    message points at the right one.
+    """
+
+    def __init__(self, pid: int, known: Sequence[int] | None = None):
+        hint = "" if known is None else f"; the processes are {sorted(known)}"
+        super().__init__(f"no process with id {pid} exists{hint} (see procs())")
         self.pid = pid
+        self.known = None if known is None else tuple(sorted(known))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.pid,))
+        return (type(self), (self.pid, self.known))
 
 
 class FutureAlreadySetError(DistributedError):

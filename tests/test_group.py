@@ -167,6 +167,7 @@ def test_unknown_pid_on_the_master_is_no_such_process() -> None:
     with pytest.raises(NoSuchProcessError, match="no process with id 7 exists") as info:
         group.peer(7)
     assert info.value.pid == 7
+    assert info.value.known == tuple(group.procs())
     assert not group.is_known(7)
 
 

@@ -166,11 +166,26 @@ async def test_only_the_master_adds_workers(
 async def test_unknown_pid_on_the_master_is_no_such_process(
     open_test_cluster: OpenTestCluster,
 ) -> None:
-    async with open_test_cluster(0):
-        with pytest.raises(ref.NoSuchProcessError, match="no process with id 99"):
+    async with open_test_cluster(1):
+        with pytest.raises(
+            ref.NoSuchProcessError, match="no process with id 99"
+        ) as info:
             await ref.remotecall_fetch(ref.myid, 99)
+        assert info.value.known == (1, 2)
+        assert "the processes are [1, 2]" in str(info.value)
         with pytest.raises(ref.NoSuchProcessError):
             await ref.remotecall(ref.myid, 99)
+
+
+async def test_faults_kill_rejects_the_master_and_unknown_pids(
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    async with open_test_cluster(1):
+        with pytest.raises(ValueError, match=r"faults.kill\(1\): pid 1 is the master"):
+            await ref.faults.kill(1)
+        with pytest.raises(ref.NoSuchProcessError, match="no process with id 42"):
+            await ref.faults.kill(42)
+        assert await ref.remotecall_fetch(ref.myid, 2) == 2
 
 
 # --------------------------------------------------- arguments, call forms

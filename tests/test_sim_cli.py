@@ -114,9 +114,21 @@ def test_a_failing_sweep_prints_a_command_that_reproduces_it(tmp_path: Path) -> 
         ["run", "no-such-scenario", "--seed", "1"],
         ["run", "ping", "--seed", "1", "--faults", "explode:pid=2"],
         ["sweep", "ping", "--seeds", "9..3"],
+        ["run", "ping", "--seed", "1", "--workers", "0"],
+        ["sweep", "ping", "--seeds", "1..2", "--workers", "many"],
+        ["run", "ping", "--seed", "1", "--trace", "no-such-folder/trace.jsonl"],
     ],
 )
-def test_bad_arguments_exit_with_status_2(argv: list[str]) -> None:
+def test_bad_arguments_exit_with_status_2(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
     with pytest.raises(SystemExit) as exited:
         main(argv)
+
     assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err

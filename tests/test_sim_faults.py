@@ -224,3 +224,28 @@ def test_the_command_line_form_of_a_fault_plan() -> None:
 def test_a_bad_fault_spec_is_refused_with_the_reason(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sim.FaultPlan.parse(spec)
+
+
+def test_a_fault_that_hits_nothing_is_traced_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        plan = sim.FaultPlan((sim.Crash(99, at=1.0),))
+        async with sim.open_cluster(faults=plan):
+            [pid] = await ref.addprocs(1)
+            await trio.sleep(2.0)
+            assert sim.crash(pid)
+            await trio.sleep(1.0)
+            assert not sim.crash(pid)
+
+    with caplog.at_level("WARNING", logger="sim"):
+        result = sim.simulate(main, seed=1, record=True)
+
+    assert result.ok, result.error
+    skipped = [e["pid"] for e in _events(result, "fault") if e.get("skipped")]
+    assert skipped == [99, 2]
+    warnings = [
+        r.getMessage() for r in caplog.records if "hit nothing" in r.getMessage()
+    ]
+    assert "no process has that pid (live workers: [2])" in warnings[0]
+    assert "already exited" in warnings[1]
