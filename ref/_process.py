@@ -816,6 +816,18 @@ class Process:
             return result
         except Exception as exc:
             return self._capture(exc)
+        except SystemExit as exc:
+            if self.myid == MASTER:
+                raise
+            # As with Julia's exit() on a worker: the process ends and the
+            # caller learns it the usual way, by the link closing.
+            log.warning(
+                "Process(%d) - a call ran sys.exit(%r); this worker exits",
+                self.myid,
+                exc.code,
+            )
+            self.stop(_exit_status(exc.code))
+            await trio.sleep_forever()
 
     def interrupt_calls(self) -> int:
         """Interrupt every call running here for a caller; returns how many.
@@ -1563,3 +1575,12 @@ async def _channel_owned(
     rrid: RRID, factory: ChannelFactory | None, op: str, args: tuple[object, ...]
 ) -> Any:
     return await _channel_call(_owner(), rrid, factory, op, args)
+
+
+def _exit_status(code: object) -> int:
+    """The process status ``sys.exit(code)`` stands for, as Python reads it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    return 1

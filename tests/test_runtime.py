@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from conftest import OpenTestCluster, wait_for_path
 
 import ref
 from ref._context import current_process
+from ref._local import LocalWorkerHandle
 from ref.protocol.framing import encode_frame
 from ref.protocol.messages import Header
 from ref.protocol.wire import PROTOCOL_VERSION, pad_version
@@ -186,6 +188,25 @@ async def test_faults_kill_rejects_the_master_and_unknown_pids(
         with pytest.raises(ref.NoSuchProcessError, match="no process with id 42"):
             await ref.faults.kill(42)
         assert await ref.remotecall_fetch(ref.myid, 2) == 2
+
+
+async def test_sys_exit_in_a_call_ends_that_worker_only(
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    async with open_test_cluster(2) as cluster:
+        handle = getattr(cluster.master.handles[2], "inner", None)
+        assert isinstance(handle, LocalWorkerHandle)
+
+        with pytest.raises(ref.ProcessExitedException) as info:
+            await ref.remotecall_fetch(sys.exit, 2, 3)
+
+        assert info.value.worker_id == 2
+        with trio.fail_after(10):
+            while handle.process.returncode is None:
+                await trio.sleep(0.05)
+        assert handle.process.returncode == 3
+        assert ref.workers() == [3]
+        assert await ref.remotecall_fetch(ref.myid, 3) == 3
 
 
 # --------------------------------------------------- arguments, call forms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -222,3 +223,18 @@ def test_a_trace_is_written_even_when_the_run_fails(tmp_path: Path) -> None:
     last = json.loads(path.read_text().splitlines()[-1])
     assert last["kind"] == "end"
     assert last["outcome"] == "ProcessExitedException"
+
+
+def test_sys_exit_in_a_call_ends_only_that_simulated_worker() -> None:
+    async def main() -> list[int]:
+        async with sim.open_cluster():
+            first, second = await ref.addprocs(2)
+            with pytest.raises(ProcessExitedException):
+                await ref.remotecall_fetch(sys.exit, first, 3)
+            assert await ref.remotecall_fetch(ref.myid, second) == second
+            return ref.workers()
+
+    result = sim.simulate(main, seed=5)
+
+    assert result.ok, result.error
+    assert result.value == [3]
