@@ -17,7 +17,8 @@ Their meanings mirror Julia's ``Distributed`` (see docs/julia-mapping.md):
 * ``LaunchError``: a worker could not be started or did not join in time.
 * ``RmprocsTimeoutError``: ``rmprocs`` waited ``waitfor`` seconds and some
   workers had still not terminated.
-* ``NoSuchProcessError``: the master was asked about a pid it never had.
+* ``NoSuchProcessError``: the master was asked about a pid it never had
+  (a ``KeyError``, as Julia's lookup of an unknown pid).
 * ``TopologyError``: an operation conflicts with the cluster's topology.
 """
 
@@ -137,15 +138,24 @@ class RmprocsTimeoutError(DistributedError):
         return (type(self), (self.pids, self.waitfor))
 
 
-class NoSuchProcessError(DistributedError, LookupError):
-    """The master was asked about ``pid``, which it never had."""
+class NoSuchProcessError(DistributedError, KeyError):
+    """The master was asked about ``pid``, which it never had.
 
-    def __init__(self, pid: int):
-        super().__init__(f"no process with id {pid} exists")
+    Also raised by ``interrupt`` for a pid that is not a current worker,
+    with a ``message`` saying so.  It is a ``KeyError`` because Julia raises
+    one there (a lookup in its pid-to-worker table); unlike a plain
+    ``KeyError`` its text is the message itself, not the message's repr.
+    """
+
+    def __init__(self, pid: int, message: str | None = None):
+        super().__init__(message or f"no process with id {pid} exists")
         self.pid = pid
 
+    def __str__(self) -> str:
+        return str(self.args[0])
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.pid,))
+        return (type(self), (self.pid, str(self)))
 
 
 class FutureAlreadySetError(DistributedError):
