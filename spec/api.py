@@ -301,6 +301,17 @@ class Faults(Protocol):
         """Stop worker ``pid`` abruptly, as ``kill -9`` would."""
         ...
 
+    async def suspend(self, pid: int) -> None:
+        """Stop worker ``pid`` where it stands, as SIGSTOP would
+        (capability ``faults.suspend``): until ``resume(pid)`` it reads,
+        runs and sends nothing, but keeps its connections."""
+        ...
+
+    async def resume(self, pid: int) -> None:
+        """Let a suspended worker ``pid`` run again, as SIGCONT would; a
+        worker that is running or has left is left alone."""
+        ...
+
 
 class WorkerPoolAPI(Protocol):
     """A set of worker pids handed out one caller at a time.

@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -60,7 +61,7 @@ from spec.api import LaunchError, LaunchErrorGroup
 
 from .._context import current_process
 from .._process import Process
-from .._seams import LaunchedWorker, WorkerHandle
+from .._seams import LaunchedWorker, SuspendableHandle, WorkerHandle
 from .._startup import LineReader, read_address, relay_lines
 
 log = logging.getLogger("ref")
@@ -467,6 +468,28 @@ class ManagedHandle:
 
     async def interrupt(self) -> None:
         await _manage_quietly(self.manager, self.pid, self.config, "interrupt")
+
+    def suspend(self) -> None:
+        """Stop the worker (``faults.suspend``), if the config gives a way."""
+        self._signal("suspend", signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Continue a stopped worker (``faults.resume``)."""
+        self._signal("resume", signal.SIGCONT)
+
+    def _signal(self, what: str, signum: int) -> None:
+        inner = self.inner
+        process = self.config.process
+        if isinstance(inner, SuspendableHandle):
+            getattr(inner, what)()
+        elif isinstance(process, trio.Process):
+            if process.returncode is None:
+                process.send_signal(signum)
+        else:
+            raise NotImplementedError(
+                f"cannot {what} worker {self.pid}: its WorkerConfig.process is "
+                f"{process!r}, neither a launcher's handle nor a trio.Process"
+            )
 
     async def _close_io(self) -> None:
         io = self.config.io
