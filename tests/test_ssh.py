@@ -283,6 +283,18 @@ async def test_interrupt_without_an_ospid_is_logged_and_sends_nothing(
             assert await ref.remotecall_fetch(ref.myid, pid) == pid
 
 
+async def test_an_ssh_worker_cannot_be_suspended(sshd: SshServer, tag: str) -> None:
+    with trio.fail_after(BOUND):
+        async with ref.open_cluster():
+            [pid] = await ref.addprocs([sshd.spec()], **opts(sshd, tag))
+            # Stopping the local ssh client would not stop the worker.
+            with pytest.raises(
+                NotImplementedError, match=f"cannot suspend worker {pid}"
+            ):
+                await ref.faults.suspend(pid)
+            assert await ref.remotecall_fetch(ref.myid, pid) == pid
+
+
 async def test_a_failing_machine_fails_alone(sshd: SshServer, tag: str) -> None:
     # A dir that does not exist on the remote side: its shell exits.
     good = SSHManager([sshd.spec()])

@@ -48,7 +48,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -470,26 +469,24 @@ class ManagedHandle:
         await _manage_quietly(self.manager, self.pid, self.config, "interrupt")
 
     def suspend(self) -> None:
-        """Stop the worker (``faults.suspend``), if the config gives a way."""
-        self._signal("suspend", signal.SIGSTOP)
+        """Stop the worker (``faults.suspend``) through the launcher's handle."""
+        self._forward("suspend")
 
     def resume(self) -> None:
         """Continue a stopped worker (``faults.resume``)."""
-        self._signal("resume", signal.SIGCONT)
+        self._forward("resume")
 
-    def _signal(self, what: str, signum: int) -> None:
+    def _forward(self, what: str) -> None:
         inner = self.inner
-        process = self.config.process
-        if isinstance(inner, SuspendableHandle):
-            getattr(inner, what)()
-        elif isinstance(process, trio.Process):
-            if process.returncode is None:
-                process.send_signal(signum)
-        else:
+        if not isinstance(inner, SuspendableHandle):
+            # A trio.Process here may be a go-between (SSHManager's ssh
+            # client): stopping it would not stop the worker.
             raise NotImplementedError(
-                f"cannot {what} worker {self.pid}: its WorkerConfig.process is "
-                f"{process!r}, neither a launcher's handle nor a trio.Process"
+                f"cannot {what} worker {self.pid}: only a worker started "
+                "through the cluster's launcher (LocalManager) can be; its "
+                f"WorkerConfig.process is {self.config.process!r}"
             )
+        getattr(inner, what)()
 
     async def _close_io(self) -> None:
         io = self.config.io
