@@ -1,13 +1,18 @@
 """``interrupt``: Ctrl-C for the calls running on workers.
 
-The master asks each targeted worker's launcher handle to interrupt it
-(``WorkerHandle.interrupt``): the local launcher sends SIGINT, the simulator
-interrupts the simulated process directly.  The worker turns the signal into
-the cancellation of the calls it is running for callers
-(``Process.interrupt_calls``): each one fails with a ``RemoteException``
-wrapping ``KeyboardInterrupt``, the worker keeps serving, and a worker that
-runs no call is unaffected.  This is Julia's classic rule, which its newer
-per-request cancellation also satisfies.
+The master asks the cluster manager of each targeted worker to interrupt
+it, concurrently: the worker's handle (``WorkerHandle.interrupt``) is a
+``ManagedHandle`` for every worker, since each ``addprocs`` form goes
+through a manager, and it calls ``manage(pid, config, "interrupt")``, as
+Julia does.  ``LocalManager`` then has the launcher's handle send SIGINT
+(the simulator's handle interrupts the simulated process directly);
+``SSHManager`` runs ``kill -2 <ospid>`` on the worker's host over ssh.
+
+The worker turns the signal into the cancellation of the calls it is
+running for callers (``Process.interrupt_calls``): each one fails with a
+``RemoteException`` wrapping ``KeyboardInterrupt``, the worker keeps
+serving, and a worker that runs no call is unaffected.  This is Julia's
+classic rule, which its newer per-request cancellation also satisfies.
 
 A call runs on the worker's trio loop, so it is interrupted at its next
 checkpoint: a coroutine function waiting on I/O, a sleep or a lock stops at
@@ -22,7 +27,7 @@ from collections.abc import Iterable
 
 import trio
 
-from spec.api import NotMasterError
+from spec.api import NoSuchProcessError, NotMasterError
 
 from ._context import current_process
 from ._seams import WorkerHandle
@@ -43,7 +48,8 @@ async def interrupt(*pids: int | Iterable[int]) -> None:
 
     Pids may be given one by one, as collections, or both.  Master only
     (``NotMasterError`` elsewhere).  A pid that is not a current worker
-    raises ``KeyError`` before any worker is interrupted.  Returns once
+    raises ``NoSuchProcessError`` (a ``KeyError``) naming it, before any
+    worker is interrupted.  Returns once
     every interrupt is sent; the calls fail shortly afterwards.
     """
     proc = current_process()
@@ -59,9 +65,13 @@ async def interrupt(*pids: int | Iterable[int]) -> None:
 
     handles: list[WorkerHandle] = []
     for pid in targets:
-        handle = proc.handles.get(pid)
-        if handle is None:
-            raise KeyError(pid)
+        handle = proc.handles.get(pid) if pid != 1 else None
+        if handle is None or proc.group.has_left(pid):
+            raise NoSuchProcessError(
+                pid,
+                f"interrupt: pid={pid!r} is not a worker; the workers are "
+                f"{[p for p in proc.group.workers() if p != 1]}",
+            )
         handles.append(handle)
 
     async with trio.open_nursery() as nursery:

@@ -123,6 +123,14 @@ class LocalWorkerHandle:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGINT)
 
+    def suspend(self) -> None:
+        """SIGSTOP: the worker process stops where it stands."""
+        self.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a stopped worker process carries on."""
+        self.send_signal(signal.SIGCONT)
+
     def send_signal(self, signum: int) -> None:
         """Send ``signum`` to the worker process if it is still running."""
         if self.process.returncode is None:

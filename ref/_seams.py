@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -56,6 +56,25 @@ class WorkerHandle(Protocol):
         cancellation of the calls it is running for callers and keeps
         serving.  Returns once the interrupt is sent.
         """
+        ...
+
+
+@runtime_checkable
+class SuspendableHandle(Protocol):
+    """A ``WorkerHandle`` that can also stop and continue its worker.
+
+    What ``faults.suspend`` and ``faults.resume`` need: a stopped worker
+    (SIGSTOP on a real one) reads, runs and sends nothing until it is
+    continued, but keeps its connections and state.  Optional: a handle
+    without these methods just cannot be suspended.
+    """
+
+    def suspend(self) -> None:
+        """Stop the worker where it stands."""
+        ...
+
+    def resume(self) -> None:
+        """Let a stopped worker run again; nothing if it is running."""
         ...
 
 

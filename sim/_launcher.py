@@ -67,6 +67,14 @@ class SimWorkerHandle:
     def kill(self) -> None:
         self._world.kill(self._node)
 
+    def suspend(self) -> None:
+        """What SIGSTOP does to a real worker: the simulated process hangs."""
+        self._world.hang(self._node.pid, duration=None)
+
+    def resume(self) -> None:
+        """What SIGCONT does: a hung simulated process carries on."""
+        self._world.resume(self._node.pid)
+
     async def interrupt(self) -> None:
         """What SIGINT does to a real worker: interrupt the calls it runs."""
         self._world.interrupt(self._node)

@@ -12,6 +12,8 @@ never finalized inside the run.  Inside it: the guards (``_guards``), the
 watchdog (``_watchdog``) and a task that collects the run's garbage only at
 quiescent points (every task blocked) after every ``gc_every`` deliveries
 (times the run's simulated processes in hundreds, beyond the first hundred).
+Each simulated worker also gets a ``__main__`` module of its own
+(``_mains``), as a worker process would.
 
 All randomness of a run comes from its seed, through named streams
 (``Run.rng``): the scheduler, and per cluster the network, the launcher,
@@ -39,6 +41,7 @@ from ref._context import peek_current
 
 from ._determinism import deterministic_scheduling
 from ._guards import Guards
+from ._mains import MainModules
 from ._trace import Trace, now_ns
 from ._watchdog import MAX_ITERATIONS_PER_INSTANT, SimulationStuck, Watchdog
 
@@ -107,6 +110,17 @@ class Run:
 
     def register_process(self, proc: Process, ospid: int) -> None:
         self._processes[proc] = ospid
+
+    def worker_ospid(self) -> int | None:
+        """The simulated OS pid of the calling task's worker process.
+
+        None for a master (pid 1) and for code outside every simulated
+        process: what ``MainModules`` gives the real ``__main__``.
+        """
+        proc = peek_current()
+        if proc is None or proc.myid == 1:
+            return None
+        return self._processes.get(proc)
 
     def ospid(self) -> int:
         """The simulated OS pid of the process the calling task belongs to."""
@@ -199,8 +213,11 @@ def simulate(
     clock = trio.testing.MockClock(autojump_threshold=0)
     watchdog = Watchdog(livelock_after)
 
+    mains = MainModules(run.worker_ospid)
+
     async def root() -> T:
         token = _current.set(run)
+        mains.install()
         if guards:
             guard.install()
         try:
@@ -208,6 +225,7 @@ def simulate(
         finally:
             run.end_ns = now_ns()
             guard.uninstall()
+            mains.uninstall()
             _current.reset(token)
 
     # Objects from before the run are frozen out of the collector, so a

@@ -17,7 +17,8 @@ Their meanings mirror Julia's ``Distributed`` (see docs/julia-mapping.md):
 * ``LaunchError``: a worker could not be started or did not join in time.
 * ``RmprocsTimeoutError``: ``rmprocs`` waited ``waitfor`` seconds and some
   workers had still not terminated.
-* ``NoSuchProcessError``: the master was asked about a pid it never had.
+* ``NoSuchProcessError``: the master was asked about a pid it never had
+  (a ``KeyError``, as Julia's lookup of an unknown pid).
 * ``TopologyError``: an operation conflicts with the cluster's topology.
 """
 
@@ -137,21 +138,32 @@ class RmprocsTimeoutError(DistributedError):
         return (type(self), (self.pids, self.waitfor))
 
 
-class NoSuchProcessError(DistributedError, LookupError):
+class NoSuchProcessError(DistributedError, KeyError):
     """The master was asked about ``pid``, which it never had.
 
-    ``known`` lists the pids the asker did have, when it said, so that the
-    message points at the right one.
+    Also raised by ``interrupt`` for a pid that is not a current worker,
+    with a ``message`` saying so.  ``known`` lists the pids the asker did
+    have, when it said, so that the message points at the right one.  It is
+    a ``KeyError`` because Julia raises one there (a lookup in its
+    pid-to-worker table); unlike a plain ``KeyError`` its text is the
+    message itself, not the message's repr.
     """
 
-    def __init__(self, pid: int, known: Sequence[int] | None = None):
+    def __init__(
+        self, pid: int, message: str | None = None, known: Sequence[int] | None = None
+    ):
         hint = "" if known is None else f"; the processes are {sorted(known)}"
-        super().__init__(f"no process with id {pid} exists{hint} (see procs())")
+        super().__init__(
+            message or f"no process with id {pid} exists{hint} (see procs())"
+        )
         self.pid = pid
         self.known = None if known is None else tuple(sorted(known))
 
+    def __str__(self) -> str:
+        return str(self.args[0])
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.pid, self.known))
+        return (type(self), (self.pid, str(self), self.known))
 
 
 class FutureAlreadySetError(DistributedError):
@@ -295,6 +307,17 @@ class Faults(Protocol):
 
     async def kill(self, pid: int) -> None:
         """Stop worker ``pid`` abruptly, as ``kill -9`` would."""
+        ...
+
+    async def suspend(self, pid: int) -> None:
+        """Stop worker ``pid`` where it stands, as SIGSTOP would
+        (capability ``faults.suspend``): until ``resume(pid)`` it reads,
+        runs and sends nothing, but keeps its connections."""
+        ...
+
+    async def resume(self, pid: int) -> None:
+        """Let a suspended worker ``pid`` run again, as SIGCONT would; a
+        worker that is running or has left is left alone."""
         ...
 
 

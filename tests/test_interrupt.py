@@ -140,8 +140,12 @@ async def test_interrupt_is_for_the_master_and_its_workers_only(
     open_test_cluster: OpenTestCluster,
 ) -> None:
     async with open_test_cluster(1):
-        with pytest.raises(KeyError):
+        with pytest.raises(ref.NoSuchProcessError, match="pid=7 is not a worker") as no:
             await ref.interrupt(7)
+        assert no.value.pid == 7 and isinstance(no.value, KeyError)
+        # The master is a process, but not a worker.
+        with pytest.raises(ref.NoSuchProcessError, match="pid=1 is not a worker"):
+            await ref.interrupt(2, 1)
         with pytest.raises(ref.RemoteException) as caught:
             await ref.remotecall_fetch(ref.interrupt, 2)
         assert isinstance(caught.value.exception, ref.NotMasterError)

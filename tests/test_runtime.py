@@ -468,6 +468,53 @@ async def test_rmprocs_rejects_a_negative_waitfor(
 # ------------------------------------------------------------ worker death
 
 
+def _process_state(ospid: int) -> str:
+    """The one-letter state of process ``ospid`` ("T" when stopped)."""
+    stat = Path(f"/proc/{ospid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+async def _until_state(ospid: int, stopped: bool) -> None:
+    # A signal takes effect a moment after it is sent.
+    with trio.fail_after(10):
+        while (_process_state(ospid) == "T") != stopped:
+            await trio.sleep(0.01)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+async def test_suspend_stops_the_worker_process_and_resume_continues_it(
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    async with open_test_cluster(2):
+        ospid = await ref.remotecall_fetch(os.getpid, 2)
+        await ref.faults.suspend(2)
+        try:
+            await _until_state(ospid, stopped=True)
+            # It still counts as a member; only its answers wait.
+            assert ref.workers() == [2, 3]
+            future = await ref.remotecall(ref.myid, 2)
+            assert await ref.remotecall_fetch(ref.myid, 3) == 3
+        finally:
+            await ref.faults.resume(2)
+        await _until_state(ospid, stopped=False)
+        with trio.fail_after(10):
+            assert await ref.fetch(future) == 2
+        await ref.faults.resume(2)  # not suspended: nothing happens
+
+        with pytest.raises(ref.NoSuchProcessError):
+            await ref.faults.suspend(99)
+        with pytest.raises(ref.NoSuchProcessError):
+            await ref.faults.resume(99)
+        with pytest.raises(ref.RemoteException) as caught:
+            await ref.remotecall_fetch(ref.faults.suspend, 2, 3)
+        assert isinstance(caught.value.exception, ref.NotMasterError)
+
+        await ref.rmprocs(3)
+        with pytest.raises(ref.ProcessExitedException):
+            await ref.faults.suspend(3)
+        await ref.faults.resume(3)  # gone: nothing to continue
+
+
 async def test_killed_worker_fails_pending_and_later_calls(
     open_test_cluster: OpenTestCluster,
     tmp_path: Path,

@@ -103,6 +103,34 @@ def test_killing_through_the_runtime_fault_api_crashes_the_worker() -> None:
     sim.run(main, seed=3)
 
 
+def test_suspending_through_the_runtime_fault_api_hangs_the_worker() -> None:
+    async def main() -> tuple[float, float]:
+        async with sim.open_cluster():
+            [pid] = await ref.addprocs(1)
+            await ref.faults.suspend(pid)
+            asked = trio.current_time()
+            async with trio.open_nursery() as nursery:
+
+                async def resume_later() -> None:
+                    await trio.sleep(5.0)
+                    await ref.faults.resume(pid)
+
+                nursery.start_soon(resume_later)
+                assert await ref.remotecall_fetch(ref.myid, pid) == pid
+                answered = trio.current_time()
+            assert pid in ref.workers()
+            return asked, answered
+
+    result = sim.simulate(main, seed=3, record=True)
+    assert result.error is None and result.value is not None, repr(result.error)
+    asked, answered = result.value
+    # Virtual time: the answer could only come once the worker resumed.
+    assert answered - asked >= 5.0
+    events = map(json.loads, result.trace.text().splitlines()[1:])
+    faults = [e["fault"] for e in events if e["kind"] == "fault"]
+    assert faults == ["hang", "resume"]
+
+
 def test_interrupt_reaches_the_simulated_worker_which_keeps_serving() -> None:
     async def main() -> tuple[BaseException, int]:
         async with sim.open_cluster():

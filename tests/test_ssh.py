@@ -12,6 +12,7 @@ Skipped, with the reason, where ``sshd`` is not installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -263,6 +264,34 @@ async def test_interrupt_runs_kill_over_ssh(sshd: SshServer, tag: str) -> None:
             with pytest.raises(RemoteException) as caught:
                 await ref.fetch(future)
             assert isinstance(caught.value.exception, KeyboardInterrupt)
+            assert await ref.remotecall_fetch(ref.myid, pid) == pid
+
+
+async def test_interrupt_without_an_ospid_is_logged_and_sends_nothing(
+    sshd: SshServer, tag: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(BOUND):
+        async with ref.open_cluster() as cluster:
+            [pid] = await ref.addprocs([sshd.spec()], **opts(sshd, tag))
+            # As before the worker reported its OS pid: nothing to kill -2.
+            config_of(cluster, pid).ospid = None
+            future = await ref.remotecall(trio.sleep, pid, 1.0)
+            with caplog.at_level(logging.WARNING, logger="ref"):
+                await ref.interrupt(pid)
+            assert f"Worker {pid} cannot be presently interrupted." in caplog.messages
+            assert await ref.fetch(future) is None, "the call was interrupted"
+            assert await ref.remotecall_fetch(ref.myid, pid) == pid
+
+
+async def test_an_ssh_worker_cannot_be_suspended(sshd: SshServer, tag: str) -> None:
+    with trio.fail_after(BOUND):
+        async with ref.open_cluster():
+            [pid] = await ref.addprocs([sshd.spec()], **opts(sshd, tag))
+            # Stopping the local ssh client would not stop the worker.
+            with pytest.raises(
+                NotImplementedError, match=f"cannot suspend worker {pid}"
+            ):
+                await ref.faults.suspend(pid)
             assert await ref.remotecall_fetch(ref.myid, pid) == pid
 
 

@@ -15,13 +15,19 @@ started, so the interrupt is sent only once it runs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
 
 from conformance.registry import scenario
-from spec.api import DistributedAPI, NotMasterError, RemoteException, RemoteRef
+from spec.api import (
+    DistributedAPI,
+    NoSuchProcessError,
+    NotMasterError,
+    RemoteException,
+    RemoteRef,
+)
 
 from ._probes import PATIENCE, get_state, set_state, within
 
@@ -88,7 +94,9 @@ async def _still_serves(d: DistributedAPI, pid: int) -> None:
     assert answer == "later", f"a call on {pid} after the interrupt gave {answer!r}"
 
 
-async def _interrupt_unknown(d: DistributedAPI, pid: int) -> BaseException | None:
+async def _interrupt_unknown(
+    d: DistributedAPI, pid: int | list[int]
+) -> BaseException | None:
     try:
         await d.interrupt(pid)
     except Exception as exc:
@@ -165,4 +173,87 @@ async def interrupt_targets_listed_pids_or_every_worker_from_the_master(
     else:
         raise AssertionError(f"interrupt({b}) succeeded on worker {a}")
     for pid in (a, b):
+        await _still_serves(d, pid)
+
+
+class _ManageRecorder:
+    """A manager that launches through LocalManager and records ``manage``.
+
+    Each ``manage(pid, config, "interrupt")`` waits (``SETTLE * 4`` at most)
+    until ``expect(n)``'s ``n`` interrupts have all arrived, and notes the
+    pids whose call saw them all: only calls made concurrently can.  Every
+    operation is then handed to LocalManager's ``manage``, which is what
+    actually interrupts the worker.
+    """
+
+    def __init__(self, d: DistributedAPI, n: int) -> None:
+        self.inner = d.LocalManager(n)
+        self.ops: list[tuple[int, str]] = []
+        self.overlapped: list[int] = []
+        self._expected = 0
+        self._arrived = 0
+        self._all_in = trio.Event()
+
+    def expect(self, n: int) -> None:
+        self._expected, self._arrived, self._all_in = n, 0, trio.Event()
+
+    async def launch(
+        self, params: Mapping[str, Any], launched: list[Any], notify: Any
+    ) -> None:
+        await self.inner.launch(params, launched, notify)
+
+    async def manage(self, pid: int, config: Any, op: str) -> None:
+        self.ops.append((pid, op))
+        if op == "interrupt":
+            self._arrived += 1
+            if self._arrived >= self._expected:
+                self._all_in.set()
+            with trio.move_on_after(SETTLE * 4):
+                await self._all_in.wait()
+            if self._all_in.is_set():
+                self.overlapped.append(pid)
+        await self.inner.manage(pid, config, op)
+
+    def interrupted(self) -> list[int]:
+        return sorted(pid for pid, op in self.ops if op == "interrupt")
+
+
+@scenario("interrupt.calls-manage")
+async def interrupt_asks_each_workers_manager_at_once(d: DistributedAPI) -> None:
+    manager = _ManageRecorder(d, 2)
+    with within(PATIENCE * 2, "addprocs(manager)"):
+        pids = await d.addprocs(manager)
+    futures = await _start_running(d, pids)
+
+    manager.expect(len(pids))
+    with within(PATIENCE, f"interrupt({pids})"):
+        await d.interrupt(pids)
+    assert manager.interrupted() == pids, (
+        f"interrupt({pids}) called manage(..., 'interrupt') for {manager.interrupted()}"
+    )
+    assert sorted(manager.overlapped) == pids, (
+        f"the manage calls of interrupt({pids}) did not all run at once: only "
+        f"{sorted(manager.overlapped)} saw the others start"
+    )
+    # LocalManager's manage is what reached the workers.
+    for future in futures:
+        await _assert_interrupted(d, future)
+
+    # One pid that is not a worker: refused by name, no manager called.
+    missing = max(pids) + 40
+    before = list(manager.ops)
+    with within(PATIENCE, f"interrupt({pids[0]}, {missing})"):
+        error = await _interrupt_unknown(d, [pids[0], missing])
+    assert isinstance(error, NoSuchProcessError) and isinstance(error, KeyError), (
+        f"interrupt of non-worker {missing} raised {error!r}, not a "
+        "NoSuchProcessError (a KeyError)"
+    )
+    assert error.pid == missing and str(missing) in str(error), (
+        f"the error for non-worker {missing} names {error.pid}: {error}"
+    )
+    assert manager.ops == before, (
+        "manage was called although interrupt was refused: "
+        f"{manager.ops[len(before) :]}"
+    )
+    for pid in pids:
         await _still_serves(d, pid)

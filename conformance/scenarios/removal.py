@@ -8,18 +8,27 @@ and that removal is quiet while an unexpected death is reported.  A worker
 whose connection to the master breaks must exit with status 1: the scenario
 reads that status as the worker's parent process, without reaping it.
 
-Some scenarios need a worker that is slow to leave: it is kept busy by a
-call that never yields (``hold_without_yielding``), so it cannot act on the
-request to exit until that call returns.  They need ``blocking_calls``: a
-backend whose workers can block without stopping the rest of the cluster
-and its clock (a simulator running every process in one thread on virtual
-time cannot).
+Some scenarios need a worker that is slow to leave, in one of two ways
+(a "hold"), each scenario body running once with each:
+
+* suspended (``faults.suspend``): stopped as by SIGSTOP, it reads nothing,
+  the exit request included, until resumed a given time later; real and
+  simulated workers alike can be;
+* busy in a call that never yields (``hold_without_yielding``), so it
+  cannot act on the request to exit until that call returns.  This needs
+  ``blocking_calls``: a backend whose workers can block without stopping
+  the rest of the cluster and its clock (a simulator running every process
+  in one thread on virtual time cannot), and covers its own behaviour,
+  ``rmprocs.busy-worker-leaves-after-its-call``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
@@ -54,30 +63,61 @@ def _terminated_reports(messages: list[str], pids: list[int]) -> list[str]:
     return [m for m in messages for p in pids if f"Worker {p} terminated." in m]
 
 
-@scenario(
-    "rmprocs.removes-workers",
-    "rmprocs.waits-by-default",
-    "rmprocs.completed-removal-awaitable",
-    "rmprocs.removal-not-reported",
-    needs=("blocking_calls",),
-)
-async def rmprocs_returns_once_the_workers_have_quietly_terminated(
-    d: DistributedAPI,
+# ------------------------------------------------ workers slow to leave
+
+#: Keeps a worker from acting on anything (the exit request included) for
+#: some seconds from now, within the block.
+Hold = Callable[[DistributedAPI, int, float], AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def busy(d: DistributedAPI, pid: int, seconds: float) -> AsyncIterator[None]:
+    """``pid`` runs a call that never yields for ``seconds``."""
+    await d.remote_do(hold_without_yielding, pid, seconds)
+    yield
+
+
+@contextlib.asynccontextmanager
+async def suspended(d: DistributedAPI, pid: int, seconds: float) -> AsyncIterator[None]:
+    """``pid`` is suspended now and resumed ``seconds`` later.
+
+    Leaving the block waits for the resumption; a failure in the block
+    resumes the worker at once.
+    """
+    await d.faults.suspend(pid)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_resume_after, d, pid, seconds)
+        yield
+
+
+async def _resume_after(d: DistributedAPI, pid: int, seconds: float) -> None:
+    try:
+        await trio.sleep(seconds)
+    finally:
+        with trio.CancelScope(shield=True):
+            await d.faults.resume(pid)
+
+
+# ---------------------------------------------------------------- rmprocs
+
+
+async def _rmprocs_returns_once_the_workers_have_quietly_terminated(
+    d: DistributedAPI, hold: Hold
 ) -> None:
     with within(PATIENCE, "addprocs(3)"):
         slow, quick, stays = await d.addprocs(3)
-    busy = 0.5
+    held = 0.5
     with captured_log(d) as log:
         started = trio.current_time()
-        # ``slow`` cannot act on the exit request before this call ends.
-        await d.remote_do(hold_without_yielding, slow, busy)
-        with within(PATIENCE, f"rmprocs({slow}, {quick})"):
-            removal = await d.rmprocs(slow, quick)
-        took = trio.current_time() - started
+        # ``slow`` cannot act on the exit request before the hold ends.
+        async with hold(d, slow, held):
+            with within(PATIENCE, f"rmprocs({slow}, {quick})"):
+                removal = await d.rmprocs(slow, quick)
+            took = trio.current_time() - started
 
-        assert took >= busy * 0.9, (
+        assert took >= held * 0.9, (
             f"rmprocs returned after {took:.2f} s, before worker {slow} could "
-            f"have terminated (it was busy for {busy} s)"
+            f"have terminated (it was held for {held} s)"
         )
         assert removal.done, "the Removal of an rmprocs that waited is not done"
         _assert_not_listed(d, [slow, quick], "after rmprocs returned")
@@ -90,6 +130,26 @@ async def rmprocs_returns_once_the_workers_have_quietly_terminated(
             assert await d.remotecall_fetch(d.myid, stays) == stays
     reported = _terminated_reports(log.warnings(), [slow, quick])
     assert not reported, f"removal by rmprocs was reported as a death: {reported}"
+
+
+@scenario(
+    "rmprocs.removes-workers",
+    "rmprocs.waits-by-default",
+    "rmprocs.completed-removal-awaitable",
+    "rmprocs.removal-not-reported",
+    needs=("faults.suspend",),
+)
+async def rmprocs_returns_once_a_suspended_worker_has_quietly_terminated(
+    d: DistributedAPI,
+) -> None:
+    await _rmprocs_returns_once_the_workers_have_quietly_terminated(d, suspended)
+
+
+@scenario("rmprocs.busy-worker-leaves-after-its-call", needs=("blocking_calls",))
+async def rmprocs_returns_once_a_busy_worker_has_quietly_terminated(
+    d: DistributedAPI,
+) -> None:
+    await _rmprocs_returns_once_the_workers_have_quietly_terminated(d, busy)
 
 
 @scenario("rmprocs.graceful-without-warnings", needs=("real_processes",))
@@ -174,60 +234,90 @@ async def rmprocs_takes_pids_one_by_one_in_lists_or_mixed(d: DistributedAPI) -> 
         await assert_exited(d, pid)
 
 
-@scenario("rmprocs.timeout-raises", needs=("blocking_calls",))
-async def rmprocs_raises_naming_exactly_the_workers_still_there_after_waitfor(
-    d: DistributedAPI,
+async def _rmprocs_raises_naming_exactly_the_workers_still_there_after_waitfor(
+    d: DistributedAPI, hold: Hold
 ) -> None:
     with within(PATIENCE, "addprocs(2)"):
         stuck, quick = await d.addprocs(2)
     waitfor = 1.0
-    await d.remote_do(hold_without_yielding, stuck, waitfor + 1.5)
-    try:
-        with within(PATIENCE, f"rmprocs({stuck}, {quick}, waitfor={waitfor})"):
-            await d.rmprocs(stuck, quick, waitfor=waitfor)
-    except RmprocsTimeoutError as exc:
-        assert sorted(exc.pids) == [stuck], (
-            f"RmprocsTimeoutError names {exc.pids}; only {stuck} was still running"
+    async with hold(d, stuck, waitfor + 1.5):
+        try:
+            with within(PATIENCE, f"rmprocs({stuck}, {quick}, waitfor={waitfor})"):
+                await d.rmprocs(stuck, quick, waitfor=waitfor)
+        except RmprocsTimeoutError as exc:
+            assert sorted(exc.pids) == [stuck], (
+                f"RmprocsTimeoutError names {exc.pids}; only {stuck} was still running"
+            )
+            assert exc.waitfor == waitfor, (
+                f"RmprocsTimeoutError.waitfor is {exc.waitfor!r}, not {waitfor!r}"
+            )
+        else:
+            raise AssertionError(
+                f"rmprocs(waitfor={waitfor}) returned although worker {stuck} "
+                "was held and could not have terminated"
+            )
+        await assert_exited(d, quick)
+
+
+@scenario("rmprocs.timeout-raises", needs=("faults.suspend",))
+async def rmprocs_raises_naming_exactly_the_suspended_workers_after_waitfor(
+    d: DistributedAPI,
+) -> None:
+    await _rmprocs_raises_naming_exactly_the_workers_still_there_after_waitfor(
+        d, suspended
+    )
+
+
+@scenario("rmprocs.busy-worker-leaves-after-its-call", needs=("blocking_calls",))
+async def rmprocs_raises_naming_exactly_the_busy_workers_after_waitfor(
+    d: DistributedAPI,
+) -> None:
+    await _rmprocs_raises_naming_exactly_the_workers_still_there_after_waitfor(d, busy)
+
+
+async def _rmprocs_waitfor_zero_returns_at_once_and_the_pids_leave_the_views(
+    d: DistributedAPI, hold: Hold
+) -> None:
+    with within(PATIENCE, "addprocs(2)"):
+        slow, stays = await d.addprocs(2)
+    async with hold(d, slow, 1.0):
+        with within(PATIENCE, "rmprocs(waitfor=0)"):
+            removal = await d.rmprocs(slow, waitfor=0)
+        # Nothing between the return and these checks may yield.
+        done_at_once = removal.done
+        views = (d.procs(), d.workers(), d.nprocs(), d.nworkers())
+        assert not done_at_once, (
+            f"rmprocs(waitfor=0) returned a finished Removal although worker "
+            f"{slow} was held and could not have terminated: it waited"
         )
-        assert exc.waitfor == waitfor, (
-            f"RmprocsTimeoutError.waitfor is {exc.waitfor!r}, not {waitfor!r}"
+        assert views == ([1, stays], [stays], 2, 1), (
+            f"right after rmprocs({slow}, waitfor=0) returned, (procs, workers, "
+            f"nprocs, nworkers) is {views}: the pid being removed is still counted"
         )
-    else:
-        raise AssertionError(
-            f"rmprocs(waitfor={waitfor}) returned although worker {stuck} was "
-            "busy and could not have terminated"
-        )
-    await assert_exited(d, quick)
+        with within(PATIENCE, "wait() on the background Removal"):
+            await removal.wait()
+    assert removal.done, "the Removal is not done after its wait() returned"
+    await assert_exited(d, slow)
 
 
 @scenario(
     "rmprocs.waitfor-zero-background",
     "procs.excludes-removing-workers",
-    needs=("blocking_calls",),
+    needs=("faults.suspend",),
 )
-async def rmprocs_waitfor_zero_returns_at_once_and_the_pids_leave_the_views(
+async def rmprocs_waitfor_zero_returns_at_once_while_a_worker_is_suspended(
     d: DistributedAPI,
 ) -> None:
-    with within(PATIENCE, "addprocs(2)"):
-        slow, stays = await d.addprocs(2)
-    await d.remote_do(hold_without_yielding, slow, 1.0)
-    with within(PATIENCE, "rmprocs(waitfor=0)"):
-        removal = await d.rmprocs(slow, waitfor=0)
-    # Nothing between the return and these checks may yield.
-    done_at_once = removal.done
-    views = (d.procs(), d.workers(), d.nprocs(), d.nworkers())
-    assert not done_at_once, (
-        f"rmprocs(waitfor=0) returned a finished Removal although worker {slow} "
-        "was busy and could not have terminated: it waited"
+    await _rmprocs_waitfor_zero_returns_at_once_and_the_pids_leave_the_views(
+        d, suspended
     )
-    assert views == ([1, stays], [stays], 2, 1), (
-        f"right after rmprocs({slow}, waitfor=0) returned, (procs, workers, "
-        f"nprocs, nworkers) is {views}: the pid being removed is still counted"
-    )
-    with within(PATIENCE, "wait() on the background Removal"):
-        await removal.wait()
-    assert removal.done, "the Removal is not done after its wait() returned"
-    await assert_exited(d, slow)
+
+
+@scenario("rmprocs.busy-worker-leaves-after-its-call", needs=("blocking_calls",))
+async def rmprocs_waitfor_zero_returns_at_once_while_a_worker_is_busy(
+    d: DistributedAPI,
+) -> None:
+    await _rmprocs_waitfor_zero_returns_at_once_and_the_pids_leave_the_views(d, busy)
 
 
 @scenario("workers.peers-forget-removed-worker")

@@ -60,7 +60,7 @@ from spec.api import LaunchError, LaunchErrorGroup
 
 from .._context import current_process
 from .._process import Process
-from .._seams import LaunchedWorker, WorkerHandle
+from .._seams import LaunchedWorker, SuspendableHandle, WorkerHandle
 from .._startup import LineReader, read_address, relay_lines
 
 log = logging.getLogger("ref")
@@ -467,6 +467,26 @@ class ManagedHandle:
 
     async def interrupt(self) -> None:
         await _manage_quietly(self.manager, self.pid, self.config, "interrupt")
+
+    def suspend(self) -> None:
+        """Stop the worker (``faults.suspend``) through the launcher's handle."""
+        self._forward("suspend")
+
+    def resume(self) -> None:
+        """Continue a stopped worker (``faults.resume``)."""
+        self._forward("resume")
+
+    def _forward(self, what: str) -> None:
+        inner = self.inner
+        if not isinstance(inner, SuspendableHandle):
+            # A trio.Process here may be a go-between (SSHManager's ssh
+            # client): stopping it would not stop the worker.
+            raise NotImplementedError(
+                f"cannot {what} worker {self.pid}: only a worker started "
+                "through the cluster's launcher (LocalManager) can be; its "
+                f"WorkerConfig.process is {self.config.process!r}"
+            )
+        getattr(inner, what)()
 
     async def _close_io(self) -> None:
         io = self.config.io

@@ -95,7 +95,7 @@ class ProcessGroup:
         if pid in self._deleted:
             raise ProcessExitedException(pid)
         if self.is_master or pid == MASTER:
-            raise NoSuchProcessError(pid, self.procs())
+            raise NoSuchProcessError(pid, known=self.procs())
         return self.add_peer(Peer(pid, "", 0))
 
     def has_left(self, pid: int) -> bool:
