@@ -2,8 +2,8 @@
 
 ``simulate`` owns the ``trio.run``.  Around it: trio's scheduler in
 deterministic mode, seeded from the run's seed (``_determinism``); a
-``MockClock`` that jumps to the next deadline whenever every task is
-blocked, so a 60-second timeout costs no wall time; the cyclic garbage
+virtual clock (``_clock``) that jumps to the next deadline whenever every
+task is blocked, so a 60-second timeout costs no wall time; the cyclic garbage
 collector switched off, because the runtime queues reference-count notices
 from weakref finalizers and a collection at an arbitrary moment would make
 their timing depend on the machine, and everything allocated before the
@@ -37,6 +37,7 @@ import trio.testing
 
 from ref._context import peek_current
 
+from ._clock import SimClock
 from ._determinism import deterministic_scheduling
 from ._guards import Guards
 from ._trace import Trace, now_ns
@@ -194,9 +195,7 @@ def simulate(
     guard = Guards(
         virtual_time=trio.current_time, ospid=run.ospid, cpu_count=SIM_CPU_COUNT
     )
-    # Built before the guards go up: it keeps its own reference to the
-    # real perf_counter, which it multiplies by a rate of zero.
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = SimClock()
     watchdog = Watchdog(livelock_after)
 
     async def root() -> T:
