@@ -47,15 +47,28 @@ def _not_started() -> int:
 class SimClock(trio.abc.Clock):
     """Virtual seconds, jumped to the next deadline whenever the run is idle."""
 
-    __slots__ = ("_idle", "now")
+    __slots__ = ("_idle", "_listeners", "now")
 
     def __init__(self) -> None:
         #: Virtual seconds since the run began.
         self.now = 0.0
         self._idle: Callable[[], int] = _not_started
+        self._listeners: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<SimClock, time={self.now:.9f}>"
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` each time the clock has jumped.
+
+        It runs from the run loop, before the deadlines the jump reached
+        expire and before any task runs: the simulated network delivers
+        the chunks due then, so their readers run in that same pass.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
 
     def start_clock(self) -> None:
         self._idle = idle_probe()
@@ -70,6 +83,8 @@ class SimClock(trio.abc.Clock):
         if idle == IDLE:
             if deadline != math.inf:
                 self.now = deadline
+                for listener in self._listeners:
+                    listener()
             return 0.0
         if idle == WAITING_FOR_IDLE:
             return _WAIT_FOR_IDLE

@@ -60,6 +60,7 @@ from ref.protocol.framing import (
 )
 from ref.protocol.messages import Header
 
+from ._clock import SimClock
 from ._config import NetworkConfig, to_ns
 from ._node import MessageNote, Node
 from ._trace import Trace
@@ -703,16 +704,22 @@ class Network:
         """Deliver chunks as virtual time reaches them; runs until cancelled.
 
         The delivering is mostly done by ``_DeliveryHook``, from the run
-        loop, each time it wakes up: at an arrival, before any task runs,
-        the hook hands the chunks due to their readers, so neither this task
-        nor an extra pass of the scheduler is needed per delivery.  This
-        task keeps the next arrival as its deadline, which is what makes the
-        mock clock jump there when every task waits, and delivers whatever
-        the hook did not (it wakes when that deadline passes).
+        loop: at an arrival, before any task runs, the hook hands the chunks
+        due to their readers, so neither this task nor an extra pass of the
+        scheduler is needed per delivery.  Under the simulator's own clock
+        the hook runs each time the clock jumps (a clock listener), else
+        each time the run loop wakes up (an instrument).  This task keeps
+        the next arrival as its deadline, which is what makes the clock
+        jump there when every task waits, and delivers whatever the hook did
+        not (it wakes when that deadline passes).
         """
         hook = _DeliveryHook(self, trio.lowlevel.current_task().context)
-        self._now = trio.lowlevel.current_clock().current_time
-        trio.lowlevel.add_instrument(hook)
+        clock = trio.lowlevel.current_clock()
+        self._now = clock.current_time
+        if isinstance(clock, SimClock):
+            clock.add_listener(hook.woke)
+        else:
+            trio.lowlevel.add_instrument(hook)
         try:
             while True:
                 with trio.CancelScope(deadline=self._next_arrival()) as scope:
@@ -724,7 +731,10 @@ class Network:
                 self._deliver_due(self._now())
         finally:
             self._pump_scope = None
-            trio.lowlevel.remove_instrument(hook)
+            if isinstance(clock, SimClock):
+                clock.remove_listener(hook.woke)
+            else:
+                trio.lowlevel.remove_instrument(hook)
 
     def _next_arrival(self) -> float:
         """When the next chunk in flight arrives, in trio's seconds."""
@@ -881,11 +891,12 @@ class Network:
 
 
 class _DeliveryHook(trio.abc.Instrument):
-    """Calls ``Network.on_wakeup`` each time trio's run loop wakes up.
+    """Calls ``Network.on_wakeup`` when the clock jumps or the loop wakes up.
 
-    trio calls ``after_io_wait`` once per pass of its run loop, after the
-    clock moved and before it expires deadlines and runs the tasks that
-    are ready, so a chunk delivered here is read in the same pass.
+    ``SimClock`` calls ``woke`` right after it jumped, and trio calls
+    ``after_io_wait`` once per pass of its run loop, after the clock moved;
+    both happen before trio expires deadlines and runs the tasks that are
+    ready, so a chunk delivered here is read in the same pass.
     """
 
     def __init__(self, network: Network, context: contextvars.Context) -> None:
@@ -894,6 +905,9 @@ class _DeliveryHook(trio.abc.Instrument):
         self.failure: BaseException | None = None
 
     def after_io_wait(self, timeout: float) -> None:
+        self._network.on_wakeup(self._context, self)
+
+    def woke(self) -> None:
         self._network.on_wakeup(self._context, self)
 
 

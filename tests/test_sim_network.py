@@ -293,7 +293,7 @@ def test_the_pump_delivers_when_the_run_loop_hook_does_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The hook is a shortcut: without it, chunks arrive all the same."""
-    monkeypatch.setattr(sim._network._DeliveryHook, "after_io_wait", _no_hook)
+    monkeypatch.setattr(Network, "on_wakeup", _no_hook)
 
     async def main() -> None:
         async with _network(NetworkConfig(latency=Uniform(0.0, 0.01))) as net:
@@ -312,7 +312,7 @@ def test_the_pump_delivers_when_the_run_loop_hook_does_not(
     _simulate(main)
 
 
-def _no_hook(self: object, timeout: float) -> None:
+def _no_hook(self: object, context: object, hook: object) -> None:
     pass
 
 
