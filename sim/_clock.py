@@ -33,6 +33,12 @@ import trio
 
 from ._determinism import IDLE, WAITING_FOR_IDLE, idle_probe
 
+#: Readings of the clock at one virtual instant after which it calls its
+#: ``on_standing_still`` callback (the watchdog starts watching then).  A
+#: pass of trio's loop reads the clock at least once, so a run that spins at
+#: one instant, deadlocked or livelocked, gets there within this many passes.
+STANDING_STILL_READS = 4096
+
 #: What the clock answers while a task waits for the run to go idle: sleep
 #: "for ever", so that trio's own idle cushion decides when the loop wakes
 #: (MockClock answers the same when its rate is zero).
@@ -43,17 +49,34 @@ def _not_started() -> int:
     return WAITING_FOR_IDLE
 
 
+def _nothing() -> None:
+    pass
+
+
 @final
 class SimClock(trio.abc.Clock):
     """Virtual seconds, jumped to the next deadline whenever the run is idle."""
 
-    __slots__ = ("_idle", "_listeners", "now")
+    __slots__ = ("_idle", "_listeners", "_reads", "_still", "_still_after", "now")
 
-    def __init__(self) -> None:
+    def __init__(self, standing_still_after: int = STANDING_STILL_READS) -> None:
         #: Virtual seconds since the run began.
         self.now = 0.0
         self._idle: Callable[[], int] = _not_started
         self._listeners: list[Callable[[], None]] = []
+        # Readings at this instant, and what to call at the threshold.
+        self._reads = 0
+        self._still_after = standing_still_after
+        self._still: Callable[[], None] = _nothing
+
+    def on_standing_still(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once per instant that is read very often.
+
+        That is ``standing_still_after`` readings without the clock moving:
+        a cheap sign, counted without hooking every pass of the run loop,
+        that the run may be stuck; the watchdog then looks closer.
+        """
+        self._still = callback
 
     def __repr__(self) -> str:
         return f"<SimClock, time={self.now:.9f}>"
@@ -74,6 +97,9 @@ class SimClock(trio.abc.Clock):
         self._idle = idle_probe()
 
     def current_time(self) -> float:
+        self._reads += 1
+        if self._reads == self._still_after:
+            self._still()
         return self.now
 
     def deadline_to_sleep_time(self, deadline: float) -> float:
@@ -83,6 +109,7 @@ class SimClock(trio.abc.Clock):
         if idle == IDLE:
             if deadline != math.inf:
                 self.now = deadline
+                self._reads = 0
                 for listener in self._listeners:
                     listener()
             return 0.0

@@ -197,6 +197,7 @@ def simulate(
     )
     clock = SimClock()
     watchdog = Watchdog(livelock_after)
+    clock.on_standing_still(watchdog.watch)
 
     async def root() -> T:
         token = _current.set(run)
@@ -218,9 +219,7 @@ def simulate(
     error: BaseException | None = None
     try:
         with deterministic_scheduling(run.rng("scheduler")):
-            value = trio.run(
-                root, clock=clock, instruments=[watchdog], strict_exception_groups=True
-            )
+            value = trio.run(root, clock=clock, strict_exception_groups=True)
     except Exception as exc:
         error = exc
     finally:

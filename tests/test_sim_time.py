@@ -12,6 +12,7 @@ import trio.testing
 import ref
 import sim
 from sim._clock import SimClock
+from sim._watchdog import Watchdog
 from spec.api import LaunchError
 
 
@@ -171,3 +172,24 @@ def test_a_queued_callback_holds_the_clock_at_its_instant() -> None:
     trio.run(main, clock=clock)
     # Held while the callback waits its turn; then idle: jumped, no sleep.
     assert answers == [(0.0, 0.0), (0.0, 5.0)]
+
+
+def test_the_watchdog_watches_only_while_time_stands_still() -> None:
+    clock = SimClock(standing_still_after=100)
+    watchdog = Watchdog()
+    clock.on_standing_still(watchdog.watch)
+    seen: list[bool] = []
+
+    async def main() -> None:
+        for _ in range(50):
+            await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+        for _ in range(100):
+            await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+        await trio.sleep(1.0)
+        await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+
+    trio.run(main, clock=clock)
+    assert seen == [False, True, False]
