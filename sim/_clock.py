@@ -57,13 +57,22 @@ def _nothing() -> None:
 class SimClock(trio.abc.Clock):
     """Virtual seconds, jumped to the next deadline whenever the run is idle."""
 
-    __slots__ = ("_idle", "_listeners", "_reads", "_still", "_still_after", "now")
+    __slots__ = (
+        "_dues",
+        "_idle",
+        "_listeners",
+        "_reads",
+        "_still",
+        "_still_after",
+        "now",
+    )
 
     def __init__(self, standing_still_after: int = STANDING_STILL_READS) -> None:
         #: Virtual seconds since the run began.
         self.now = 0.0
         self._idle: Callable[[], int] = _not_started
         self._listeners: list[Callable[[], None]] = []
+        self._dues: list[Callable[[], float]] = []
         # Readings at this instant, and what to call at the threshold.
         self._reads = 0
         self._still_after = standing_still_after
@@ -81,17 +90,28 @@ class SimClock(trio.abc.Clock):
     def __repr__(self) -> str:
         return f"<SimClock, time={self.now:.9f}>"
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
+    def add_listener(
+        self, listener: Callable[[], None], due: Callable[[], float] | None = None
+    ) -> None:
         """Call ``listener()`` each time the clock has jumped.
 
         It runs from the run loop, before the deadlines the jump reached
         expire and before any task runs: the simulated network delivers
         the chunks due then, so their readers run in that same pass.
+        ``due()``, if given, says when the listener next wants to run (in
+        virtual seconds, ``math.inf`` for never): the clock jumps there
+        as to a trio deadline, without the cost of keeping one.
         """
         self._listeners.append(listener)
+        if due is not None:
+            self._dues.append(due)
 
-    def remove_listener(self, listener: Callable[[], None]) -> None:
+    def remove_listener(
+        self, listener: Callable[[], None], due: Callable[[], float] | None = None
+    ) -> None:
         self._listeners.remove(listener)
+        if due is not None:
+            self._dues.remove(due)
 
     def start_clock(self) -> None:
         self._idle = idle_probe()
@@ -103,6 +123,10 @@ class SimClock(trio.abc.Clock):
         return self.now
 
     def deadline_to_sleep_time(self, deadline: float) -> float:
+        for due in self._dues:
+            when = due()
+            if when < deadline:
+                deadline = when
         if deadline <= self.now:
             return 0.0
         idle = self._idle()

@@ -438,6 +438,8 @@ class Network:
         self._heap: list[tuple[int, int, _Chunk]] = []
         self._seq = itertools.count()
         self._pump_scope: trio.CancelScope | None = None
+        # Whether the clock is a SimClock, which asks for the next arrival.
+        self._clocked = False
 
         self._partitions: list[frozenset[int]] = []
         self._changed = trio.Event()
@@ -689,8 +691,14 @@ class Network:
         direction.last_arrival = arrival
 
         heapq.heappush(self._heap, (arrival, next(self._seq), chunk))
+        # Under SimClock only a chunk due at once needs the pump: the clock
+        # asks for the next arrival itself (``_next_arrival``).
         scope = self._pump_scope
-        if scope is not None and arrival / 1e9 < scope.deadline:
+        if (
+            (not self._clocked or arrival <= now)
+            and scope is not None
+            and arrival / 1e9 < scope.deadline
+        ):
             scope.deadline = arrival / 1e9
         return arrival
 
@@ -707,22 +715,25 @@ class Network:
         loop: at an arrival, before any task runs, the hook hands the chunks
         due to their readers, so neither this task nor an extra pass of the
         scheduler is needed per delivery.  Under the simulator's own clock
-        the hook runs each time the clock jumps (a clock listener), else
-        each time the run loop wakes up (an instrument).  This task keeps
-        the next arrival as its deadline, which is what makes the clock
-        jump there when every task waits, and delivers whatever the hook did
-        not (it wakes when that deadline passes).
+        the hook runs each time the clock jumps (a clock listener, and the
+        clock jumps to the next arrival as to a deadline), else each time
+        the run loop wakes up (an instrument; this task then keeps the next
+        arrival as its deadline, which is what makes the clock jump there).
+        This task delivers whatever the hook did not: under SimClock, a
+        chunk due at the instant it was sent (zero latency).
         """
         hook = _DeliveryHook(self, trio.lowlevel.current_task().context)
         clock = trio.lowlevel.current_clock()
         self._now = clock.current_time
+        self._clocked = isinstance(clock, SimClock)
         if isinstance(clock, SimClock):
-            clock.add_listener(hook.woke)
+            clock.add_listener(hook.woke, self._next_arrival)
         else:
             trio.lowlevel.add_instrument(hook)
         try:
             while True:
-                with trio.CancelScope(deadline=self._next_arrival()) as scope:
+                deadline = math.inf if self._clocked else self._next_arrival()
+                with trio.CancelScope(deadline=deadline) as scope:
                     self._pump_scope = scope
                     await trio.sleep_forever()
                 self._pump_scope = None
@@ -732,7 +743,7 @@ class Network:
         finally:
             self._pump_scope = None
             if isinstance(clock, SimClock):
-                clock.remove_listener(hook.woke)
+                clock.remove_listener(hook.woke, self._next_arrival)
             else:
                 trio.lowlevel.remove_instrument(hook)
 
@@ -764,7 +775,8 @@ class Network:
             hook.failure = exc
             scope.cancel()
             return
-        scope.deadline = self._next_arrival()
+        if not self._clocked:
+            scope.deadline = self._next_arrival()
 
     def _deliver(self, chunk: _Chunk) -> None:
         direction = chunk.direction
