@@ -186,7 +186,8 @@ def simulate(
     ``guards=False`` lets the run touch the wall clock, sockets and threads
     (for measuring the guards' cost, not for scenarios).  A run that
     deadlocks, or spends ``livelock_after`` scheduler iterations at one
-    virtual instant, ends with ``SimulationStuck``.
+    virtual instant (once the watchdog watches: ``STANDING_STILL_READS``
+    readings of the clock into it), ends with ``SimulationStuck``.
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed={seed!r} must be an int")
