@@ -13,13 +13,20 @@ touches them, ``check_trio_internals`` says loudly when a trio release moves
 them, and a test calls it.  Importing Hypothesis switches the flag on
 globally and reseeds the *original* ``_r`` per example; we install our own
 generator for each run and put back whatever was there before.
+
+The simulator's clock (``_clock``) needs one more private look, also taken
+here: whether the run loop, finding no task runnable, is truly idle, that
+is no task waits in ``wait_all_tasks_blocked`` (those must wake before
+virtual time moves) and no ``run_sync_soon`` callback is queued (a weakref
+finalizer queues one; it must run at the instant it was queued).  trio
+keeps both on its ``Runner``: ``waiting_for_idle`` and ``entry_queue``.
 """
 
 from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -28,6 +35,10 @@ import trio._core._run
 
 _FLAG = "_ALLOW_DETERMINISTIC_SCHEDULING"
 _RANDOM = "_r"
+# What the run loop consults before it lets a MockClock autojump, and what
+# holds queued run_sync_soon callbacks.
+_IDLE_WAITERS = "runner.waiting_for_idle"
+_ENTRY_QUEUE_FIELDS = ("queue", "idempotent_queue")
 
 
 class TrioInternalsChanged(RuntimeError):
@@ -65,6 +76,48 @@ def check_trio_internals() -> None:
             f"trio {trio.__version__}: the run loop no longer shuffles batches "
             f"with {_RANDOM}.shuffle under {_FLAG}; update sim/_determinism.py"
         )
+    if f"if {_IDLE_WAITERS}:" not in source:
+        raise TrioInternalsChanged(
+            f"trio {trio.__version__}: the run loop no longer checks "
+            f"{_IDLE_WAITERS} before it goes idle; update sim/_determinism.py"
+        )
+    entry_queue = getattr(module, "EntryQueue", None)
+    fields = getattr(entry_queue, "__attrs_attrs__", ())
+    names = {field.name for field in fields}
+    if not all(name in names for name in _ENTRY_QUEUE_FIELDS):
+        raise TrioInternalsChanged(
+            f"trio {trio.__version__}: trio's EntryQueue no longer has the fields "
+            f"{_ENTRY_QUEUE_FIELDS}; update sim/_determinism.py"
+        )
+
+
+#: What ``idle_probe``'s function answers: the loop is idle, ...
+IDLE = 0
+#: ... a task waits in ``wait_all_tasks_blocked`` (it goes first), ...
+WAITING_FOR_IDLE = 1
+#: ... or a ``run_sync_soon`` callback is queued (it runs first).
+CALLBACK_QUEUED = 2
+
+
+def idle_probe() -> Callable[[], int]:
+    """A function telling whether the running loop may move virtual time now.
+
+    Call it from inside ``trio.run`` (the clock's ``start_clock`` does).  The
+    function it returns answers ``IDLE``, ``WAITING_FOR_IDLE`` or
+    ``CALLBACK_QUEUED``; trio's own autojump holds back in the last two
+    cases too.
+    """
+    runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner
+    entries = runner.entry_queue
+
+    def probe() -> int:
+        if runner.waiting_for_idle:
+            return WAITING_FOR_IDLE
+        if entries.queue or entries.idempotent_queue:
+            return CALLBACK_QUEUED
+        return IDLE
+
+    return probe
 
 
 @contextmanager

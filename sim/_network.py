@@ -60,6 +60,7 @@ from ref.protocol.framing import (
 )
 from ref.protocol.messages import Header
 
+from ._clock import SimClock
 from ._config import NetworkConfig, to_ns
 from ._node import MessageNote, Node
 from ._trace import Trace
@@ -437,6 +438,8 @@ class Network:
         self._heap: list[tuple[int, int, _Chunk]] = []
         self._seq = itertools.count()
         self._pump_scope: trio.CancelScope | None = None
+        # Whether the clock is a SimClock, which asks for the next arrival.
+        self._clocked = False
 
         self._partitions: list[frozenset[int]] = []
         self._changed = trio.Event()
@@ -688,8 +691,14 @@ class Network:
         direction.last_arrival = arrival
 
         heapq.heappush(self._heap, (arrival, next(self._seq), chunk))
+        # Under SimClock only a chunk due at once needs the pump: the clock
+        # asks for the next arrival itself (``_next_arrival``).
         scope = self._pump_scope
-        if scope is not None and arrival / 1e9 < scope.deadline:
+        if (
+            (not self._clocked or arrival <= now)
+            and scope is not None
+            and arrival / 1e9 < scope.deadline
+        ):
             scope.deadline = arrival / 1e9
         return arrival
 
@@ -703,19 +712,28 @@ class Network:
         """Deliver chunks as virtual time reaches them; runs until cancelled.
 
         The delivering is mostly done by ``_DeliveryHook``, from the run
-        loop, each time it wakes up: at an arrival, before any task runs,
-        the hook hands the chunks due to their readers, so neither this task
-        nor an extra pass of the scheduler is needed per delivery.  This
-        task keeps the next arrival as its deadline, which is what makes the
-        mock clock jump there when every task waits, and delivers whatever
-        the hook did not (it wakes when that deadline passes).
+        loop: at an arrival, before any task runs, the hook hands the chunks
+        due to their readers, so neither this task nor an extra pass of the
+        scheduler is needed per delivery.  Under the simulator's own clock
+        the hook runs each time the clock jumps (a clock listener, and the
+        clock jumps to the next arrival as to a deadline), else each time
+        the run loop wakes up (an instrument; this task then keeps the next
+        arrival as its deadline, which is what makes the clock jump there).
+        This task delivers whatever the hook did not: under SimClock, a
+        chunk due at the instant it was sent (zero latency).
         """
         hook = _DeliveryHook(self, trio.lowlevel.current_task().context)
-        self._now = trio.lowlevel.current_clock().current_time
-        trio.lowlevel.add_instrument(hook)
+        clock = trio.lowlevel.current_clock()
+        self._now = clock.current_time
+        self._clocked = isinstance(clock, SimClock)
+        if isinstance(clock, SimClock):
+            clock.add_listener(hook.woke, self._next_arrival)
+        else:
+            trio.lowlevel.add_instrument(hook)
         try:
             while True:
-                with trio.CancelScope(deadline=self._next_arrival()) as scope:
+                deadline = math.inf if self._clocked else self._next_arrival()
+                with trio.CancelScope(deadline=deadline) as scope:
                     self._pump_scope = scope
                     await trio.sleep_forever()
                 self._pump_scope = None
@@ -724,7 +742,10 @@ class Network:
                 self._deliver_due(self._now())
         finally:
             self._pump_scope = None
-            trio.lowlevel.remove_instrument(hook)
+            if isinstance(clock, SimClock):
+                clock.remove_listener(hook.woke, self._next_arrival)
+            else:
+                trio.lowlevel.remove_instrument(hook)
 
     def _next_arrival(self) -> float:
         """When the next chunk in flight arrives, in trio's seconds."""
@@ -754,7 +775,8 @@ class Network:
             hook.failure = exc
             scope.cancel()
             return
-        scope.deadline = self._next_arrival()
+        if not self._clocked:
+            scope.deadline = self._next_arrival()
 
     def _deliver(self, chunk: _Chunk) -> None:
         direction = chunk.direction
@@ -881,11 +903,12 @@ class Network:
 
 
 class _DeliveryHook(trio.abc.Instrument):
-    """Calls ``Network.on_wakeup`` each time trio's run loop wakes up.
+    """Calls ``Network.on_wakeup`` when the clock jumps or the loop wakes up.
 
-    trio calls ``after_io_wait`` once per pass of its run loop, after the
-    clock moved and before it expires deadlines and runs the tasks that
-    are ready, so a chunk delivered here is read in the same pass.
+    ``SimClock`` calls ``woke`` right after it jumped, and trio calls
+    ``after_io_wait`` once per pass of its run loop, after the clock moved;
+    both happen before trio expires deadlines and runs the tasks that are
+    ready, so a chunk delivered here is read in the same pass.
     """
 
     def __init__(self, network: Network, context: contextvars.Context) -> None:
@@ -894,6 +917,9 @@ class _DeliveryHook(trio.abc.Instrument):
         self.failure: BaseException | None = None
 
     def after_io_wait(self, timeout: float) -> None:
+        self._network.on_wakeup(self._context, self)
+
+    def woke(self) -> None:
         self._network.on_wakeup(self._context, self)
 
 

@@ -2,8 +2,8 @@
 
 ``simulate`` owns the ``trio.run``.  Around it: trio's scheduler in
 deterministic mode, seeded from the run's seed (``_determinism``); a
-``MockClock`` that jumps to the next deadline whenever every task is
-blocked, so a 60-second timeout costs no wall time; the cyclic garbage
+virtual clock (``_clock``) that jumps to the next deadline whenever every
+task is blocked, so a 60-second timeout costs no wall time; the cyclic garbage
 collector switched off, because the runtime queues reference-count notices
 from weakref finalizers and a collection at an arbitrary moment would make
 their timing depend on the machine, and everything allocated before the
@@ -39,6 +39,7 @@ import trio.testing
 
 from ref._context import peek_current
 
+from ._clock import SimClock
 from ._determinism import deterministic_scheduling
 from ._guards import Guards
 from ._mains import MainModules
@@ -199,7 +200,8 @@ def simulate(
     ``guards=False`` lets the run touch the wall clock, sockets and threads
     (for measuring the guards' cost, not for scenarios).  A run that
     deadlocks, or spends ``livelock_after`` scheduler iterations at one
-    virtual instant, ends with ``SimulationStuck``.
+    virtual instant (once the watchdog watches: ``STANDING_STILL_READS``
+    readings of the clock into it), ends with ``SimulationStuck``.
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed={seed!r} must be an int")
@@ -208,10 +210,9 @@ def simulate(
     guard = Guards(
         virtual_time=trio.current_time, ospid=run.ospid, cpu_count=SIM_CPU_COUNT
     )
-    # Built before the guards go up: it keeps its own reference to the
-    # real perf_counter, which it multiplies by a rate of zero.
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = SimClock()
     watchdog = Watchdog(livelock_after)
+    clock.on_standing_still(watchdog.watch)
 
     mains = MainModules(run.worker_ospid)
 
@@ -237,9 +238,7 @@ def simulate(
     error: BaseException | None = None
     try:
         with deterministic_scheduling(run.rng("scheduler")):
-            value = trio.run(
-                root, clock=clock, instruments=[watchdog], strict_exception_groups=True
-            )
+            value = trio.run(root, clock=clock, strict_exception_groups=True)
     except Exception as exc:
         error = exc
     finally:

@@ -1,7 +1,7 @@
 """Stop a simulated run that can no longer make progress.
 
-Under ``MockClock`` with autojump a run has two ways to get stuck that a
-real run would show as a hang:
+On virtual time that jumps whenever every task waits, a run has two ways
+to get stuck that a real run would show as a hang:
 
 * deadlock: every task waits, and nothing is scheduled (no deadline, no
   callback), even after a garbage collection (whose finalizers could queue
@@ -11,9 +11,13 @@ real run would show as a hang:
   virtual time never advances, so no timeout can ever fire.
 
 ``Watchdog`` is a trio instrument that looks at the scheduler after every
-I/O wait.  When it sees either condition it records a verdict, with the
-tasks and where each waits, and cancels the run's main scope; ``sim.run``
-then raises ``SimulationStuck``.  It observes only trio's public
+I/O wait.  A simulated run installs it only once the clock has been read
+``STANDING_STILL_READS`` times at one instant (``SimClock``'s
+``on_standing_still``), and it removes itself when time moves again: a run
+that keeps advancing never pays for an instrument on every pass.  When it
+sees either condition it records a verdict, with the tasks and where each
+waits, and cancels the run's main scope; ``sim.run`` then raises
+``SimulationStuck``.  It observes only trio's public
 statistics, so it cannot change what the run does.
 """
 
@@ -62,11 +66,30 @@ class Watchdog(trio.abc.Instrument):
         self._collected = False
         self._gave_up = False
         self._now: Callable[[], float] = trio.current_time
+        # Installed by ``watch`` (rather than passed to trio.run).
+        self._installed = False
 
     def before_run(self) -> None:
         # The clock's own method answers what trio.current_time would,
         # without two layers of lookups on every pass of the run loop.
         self._now = trio.lowlevel.current_clock().current_time
+
+    @property
+    def watching(self) -> bool:
+        """Whether ``watch`` installed it and time has not moved since."""
+        return self._installed
+
+    def watch(self) -> None:
+        """Start looking at every pass of the run loop, until time moves."""
+        if self._installed:
+            return
+        self._now = trio.lowlevel.current_clock().current_time
+        self._instant = self._now()
+        self._iterations = 0
+        self._idle = 0
+        self._collected = False
+        self._installed = True
+        trio.lowlevel.add_instrument(self)
 
     def after_io_wait(self, timeout: float) -> None:
         if self._gave_up:
@@ -77,6 +100,10 @@ class Watchdog(trio.abc.Instrument):
             self._iterations = 0
             self._idle = 0
             self._collected = False
+            if self._installed:
+                # Time moves again: back to watching through the clock.
+                self._installed = False
+                trio.lowlevel.remove_instrument(self)
             return
 
         # Time stands still: only then can the run be stuck, and only then

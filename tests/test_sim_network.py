@@ -292,8 +292,8 @@ def test_a_writer_waits_while_the_window_is_full() -> None:
 def test_the_pump_delivers_when_the_run_loop_hook_does_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The hook is a shortcut: without it, chunks arrive all the same."""
-    monkeypatch.setattr(sim._network._DeliveryHook, "after_io_wait", _no_hook)
+    """Under another clock the hook is a shortcut: chunks arrive all the same."""
+    monkeypatch.setattr(Network, "on_wakeup", _no_hook)
 
     async def main() -> None:
         async with _network(NetworkConfig(latency=Uniform(0.0, 0.01))) as net:
@@ -309,10 +309,30 @@ def test_the_pump_delivers_when_the_run_loop_hook_does_not(
             assert net.deliveries == 50
             assert trio.current_time() - began <= 0.01 + 1e-9
 
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_chunks_due_at_once_arrive_under_the_simulators_clock() -> None:
+    """Zero latency: nothing for the clock to jump to; the pump delivers."""
+
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.0))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            began = trio.current_time()
+            sent = b"".join(b"%d," % i for i in range(50))
+            for i in range(50):
+                await one.send_all(b"%d," % i)
+            got = b""
+            while len(got) < len(sent):
+                got += await two.receive_some()
+            assert got == sent
+            assert net.deliveries == 50
+            assert trio.current_time() == began
+
     _simulate(main)
 
 
-def _no_hook(self: object, timeout: float) -> None:
+def _no_hook(self: object, context: object, hook: object) -> None:
     pass
 
 

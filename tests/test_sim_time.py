@@ -7,9 +7,12 @@ import weakref
 
 import pytest
 import trio
+import trio.testing
 
 import ref
 import sim
+from sim._clock import SimClock
+from sim._watchdog import Watchdog
 from spec.api import LaunchError
 
 
@@ -108,3 +111,85 @@ def test_time_advances_only_when_every_task_waits() -> None:
         return seen
 
     assert sim.run(main, seed=1) == [1.0, 2.0, 3.0]
+
+
+class _Passes(trio.abc.Instrument):
+    """Counts passes of trio's run loop."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.passes += 1
+
+
+def test_a_jump_and_the_task_it_wakes_share_one_pass() -> None:
+    """The clock moves when the loop goes idle, not one idle pass later."""
+
+    async def main() -> int:
+        passes = _Passes()
+        trio.lowlevel.add_instrument(passes)
+        for _ in range(100):
+            await trio.sleep(1.0)
+        trio.lowlevel.remove_instrument(passes)
+        return passes.passes
+
+    # Each sleep: one pass that jumps and wakes the sleeper (MockClock
+    # needed a second, idle, pass for the jump).
+    assert sim.run(main, seed=1) <= 101
+
+
+def test_tasks_waiting_for_idle_wake_before_the_clock_jumps() -> None:
+    async def main() -> list[tuple[str, float]]:
+        seen: list[tuple[str, float]] = []
+
+        async def sleeper() -> None:
+            await trio.sleep(5.0)
+            seen.append(("slept", trio.current_time()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper)
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append(("idle", trio.current_time()))
+        return seen
+
+    began = sim.run(main, seed=1)
+    assert began == [("idle", 0.0), ("slept", 5.0)]
+
+
+def test_a_queued_callback_holds_the_clock_at_its_instant() -> None:
+    """A ``run_sync_soon`` callback (a finalizer's) runs before time moves."""
+    clock = SimClock()
+    answers: list[tuple[float, float]] = []
+
+    async def main() -> None:
+        token = trio.lowlevel.current_trio_token()
+        token.run_sync_soon(lambda: None)
+        answers.append((clock.deadline_to_sleep_time(5.0), clock.now))
+        await trio.sleep(0.5)
+        answers.append((clock.deadline_to_sleep_time(5.0), clock.now))
+
+    trio.run(main, clock=clock)
+    # Held while the callback waits its turn; then idle: jumped, no sleep.
+    assert answers == [(0.0, 0.0), (0.0, 5.0)]
+
+
+def test_the_watchdog_watches_only_while_time_stands_still() -> None:
+    clock = SimClock(standing_still_after=100)
+    watchdog = Watchdog()
+    clock.on_standing_still(watchdog.watch)
+    seen: list[bool] = []
+
+    async def main() -> None:
+        for _ in range(50):
+            await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+        for _ in range(100):
+            await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+        await trio.sleep(1.0)
+        await trio.lowlevel.checkpoint()
+        seen.append(watchdog.watching)
+
+    trio.run(main, clock=clock)
+    assert seen == [False, True, False]

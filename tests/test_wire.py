@@ -8,6 +8,7 @@ that nothing from an unauthenticated peer is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 import pickle
@@ -334,6 +335,18 @@ def test_every_message_type_travels_both_ways(msg: Message, header: Header) -> N
 def test_codec_round_trips_every_message_type(msg: Message) -> None:
     codec = CloudpickleCodec()
     assert codec.loads(codec.dumps(msg)) == msg
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_a_message_pickles_its_fields_in_order_as_dataclasses_would(
+    msg: Message,
+) -> None:
+    """The quick state methods keep the pickled form: a list of field values."""
+    values = [getattr(msg, field.name) for field in dataclasses.fields(msg)]
+    assert msg.__getstate__() == values
+    copy = object.__new__(type(msg))
+    copy.__setstate__(values)
+    assert copy == msg
 
 
 def test_a_burst_of_every_message_arrives_in_order() -> None:

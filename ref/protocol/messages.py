@@ -14,7 +14,7 @@ function or argument is any picklable object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from spec.api import RRID
@@ -171,3 +171,29 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     DeregisterMsg,
     ClientsMsg,
 )
+
+
+def _pickle_fields_quickly(cls: type) -> None:
+    """Give ``cls`` a state getter and setter that skip ``dataclasses.fields``.
+
+    A frozen dataclass with slots pickles its state as the list of its field
+    values; the methods ``dataclass`` writes for that look the fields up on
+    every call, a noticeable share of encoding a small message.  These
+    produce and accept the very same list (the pickled bytes do not change),
+    with the names looked up once.
+    """
+    names = tuple(field.name for field in fields(cls))
+
+    def getstate(self: object) -> list[object]:
+        return [getattr(self, name) for name in names]
+
+    def setstate(self: object, state: list[object]) -> None:
+        for name, value in zip(names, state):  # noqa: B905  # as dataclasses does
+            object.__setattr__(self, name, value)
+
+    setattr(cls, "__getstate__", getstate)  # noqa: B010  # a method on the class
+    setattr(cls, "__setstate__", setstate)  # noqa: B010
+
+
+for _message_type in MESSAGE_TYPES:
+    _pickle_fields_quickly(_message_type)
