@@ -586,6 +586,21 @@ def worker_joined(proc: Process, pid: int) -> None:
         state.default._push_now(pid)
 
 
+def membership_changed(proc: Process) -> None:
+    """A process left ``proc``'s view of the cluster (or is on its way out).
+
+    Wakes every take and wait parked on a pool ``proc`` owns, so each
+    re-judges liveness: a pool whose last member left raises
+    NoActiveWorkerError (the default pool lends process 1) instead of
+    waiting for a put that can never come (field report BR-07).
+    """
+    state = _states.get(proc)
+    if state is None:
+        return
+    for pool in list(state.pools.values()):
+        pool._changed.unpark_all()
+
+
 async def push(pool: WorkerPoolAPI, pid: int) -> None:
     """Julia's ``push!(pool, pid)``: add a free member."""
     await pool.push(pid)

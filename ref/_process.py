@@ -55,7 +55,7 @@ from spec.api import (
 
 from ._channel import Channel
 from ._context import peek_current, reset_current, set_current
-from ._pools import worker_joined
+from ._pools import membership_changed, worker_joined
 from ._refs import (
     MISSING,
     ChannelFactory,
@@ -469,6 +469,7 @@ class Process:
         if joined is not None:
             joined.set()
         self.departed(pid).set()
+        membership_changed(self)
 
         if pid == MASTER and not self.group.is_master:
             self.stop(0 if self.stopped.is_set() else 1)
@@ -692,6 +693,7 @@ class Process:
                 self.spawn(other.aclose)
             else:
                 self.group.remove(msg.pid)
+                membership_changed(self)
                 # It may hold references we own though it never linked to
                 # us (it got them from a third process): forget it as holder.
                 self.refs.remove_pid(msg.pid)
@@ -1364,6 +1366,7 @@ class Process:
                 continue  # it left while we were asking the others
             peer = self.group.peer(pid)
             peer.state = PeerState.TERMINATING
+            membership_changed(self)
             managed = self.managed.get(pid)
             if managed is not None:
                 await managed.kill()
