@@ -453,14 +453,28 @@ class PoolProxy:
 
     async def _op(self, op: str, *args: Any) -> Any:
         proc = current_process()
+        # A take cancelled after its request went out may still be granted
+        # on the owner: the member that then arrives goes straight back,
+        # or the pool would lose it for good.
+        orphan = self._put_back if op == "take" else None
         answer = await proc.remotecall_fetch(
-            _pool_op, self.owner, (self.key, op, args), {}
+            _pool_op, self.owner, (self.key, op, args), {}, on_orphan=orphan
         )
         if isinstance(answer, _PoolFailure):
             raise answer.error
         return answer
 
+    async def _put_back(self, answer: object) -> None:
+        if isinstance(answer, int):
+            log.debug("returning worker %d, taken for a cancelled caller", answer)
+            await _give_back(self, answer)
+
     async def take(self) -> int:
+        """Remove and return a free member, on the owner.
+
+        Cancel-safe: a member the owner grants after the caller was
+        cancelled is put back, never lost.
+        """
         pid: int = await self._op("take")
         return pid
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -420,3 +421,70 @@ def test_a_waiting_take_on_the_default_pool_gets_the_master_when_all_left(
         assert result == 1
 
     run_with_workers(1, body)
+
+
+# ------------------------------------------- cancelling a take through a proxy
+
+
+async def _take_then_cancel(pool: Any, rng: random.Random) -> None:
+    """Start a take and cancel it at a point ``rng`` picks; return what came."""
+    got: list[int] = []
+
+    async def taker() -> None:
+        got.append(await pool.take())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(taker)
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(12)):
+                await trio.lowlevel.checkpoint()
+        else:
+            await trio.sleep(rng.uniform(0, 0.005))
+        nursery.cancel_scope.cancel()
+    for pid in got:
+        await pool.put(pid)
+
+
+async def _cancel_many_takes(pool: Any, rounds: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        await _take_then_cancel(pool, rng)
+
+
+async def _hold_members_now_and_then(pool: ref.WorkerPool, rng: random.Random) -> None:
+    """Keep members busy at times, so some cancelled takes were waiting."""
+    held: list[int] = []
+    try:
+        while True:
+            for _ in range(rng.randrange(1, 3)):
+                held.append(await pool.take())
+            await trio.sleep(rng.uniform(0, 0.005))
+            while held:
+                await pool.put(held.pop())
+            await trio.sleep(rng.uniform(0, 0.005))
+    finally:
+        with trio.CancelScope(shield=True):
+            for pid in held:
+                await pool.put(pid)
+
+
+def test_cancelled_takes_through_a_proxy_lose_no_member(
+    run_with_workers: Callable[[int, Body], None],
+) -> None:
+    """A take granted on the owner after its caller gave up is put back."""
+
+    async def body() -> None:
+        a, b, c = ref.workers()
+        pool = ref.WorkerPool([a, b])
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_hold_members_now_and_then, pool, random.Random(1))
+                await ref.remotecall_fetch(_cancel_many_takes, c, pool, 150, 7)
+                nursery.cancel_scope.cancel()
+            # Members granted to cancelled takes come back on their own.
+            while len(pool._free) < 2:
+                await trio.sleep(0.01)
+        assert sorted(pool._free) == [a, b]
+        assert await pool.length() == 2
+
+    run_with_workers(3, body)
