@@ -132,6 +132,11 @@ class WorkerPool:
         self._key = state.serial
         self._members: dict[int, None] = {}
         self._free: deque[int] = deque()
+        # Takers wait in their own lot, woken one per freed member: waking
+        # them all (pmap keeps one taker per member waiting once members
+        # died) would have all but one find nothing and park again.
+        # ``wait`` and departures use ``_changed``.
+        self._takers = trio.lowlevel.ParkingLot()
         self._changed = trio.lowlevel.ParkingLot()
         state.pools[self._key] = self
         for pid in pids:
@@ -178,6 +183,7 @@ class WorkerPool:
             self._members[pid] = None
         if pid not in self._free:
             self._free.append(pid)
+            self._takers.unpark()
         self._changed.unpark_all()
 
     def _put_now(self, pid: int) -> None:
@@ -185,6 +191,7 @@ class WorkerPool:
         # pool, or one dropped meanwhile) is not queued.
         if pid in self._members and pid not in self._free:
             self._free.append(pid)
+            self._takers.unpark()
             self._changed.unpark_all()
 
     def _empty_fallback(self) -> int:
@@ -227,7 +234,7 @@ class WorkerPool:
                 return self._free.popleft()
             if not self._members:
                 return self._empty_fallback()
-            await self._changed.park()
+            await self._takers.park()
 
     async def put(self, pid: int) -> None:
         """Make member ``pid`` free again; a non-member is ignored."""
@@ -612,6 +619,7 @@ def membership_changed(proc: Process) -> None:
     if state is None:
         return
     for pool in list(state.pools.values()):
+        pool._takers.unpark_all()
         pool._changed.unpark_all()
 
 
@@ -688,6 +696,12 @@ async def _release_when_done(pool: WorkerPoolAPI, pid: int, fut: Future) -> None
 async def _give_back(pool: WorkerPoolAPI, pid: int) -> None:
     """Return ``pid`` even when the caller is being cancelled."""
     proc = current_process()
+    if isinstance(pool, WorkerPool) and pool._proc is proc:
+        # Our own pool: returning is synchronous, so nothing can cancel it
+        # (and pmap, which does this once an element, skips two cancel
+        # scopes and a trip through the scheduler).
+        pool._put_now(pid)
+        return
     with trio.CancelScope(shield=True), trio.move_on_after(proc.worker_timeout):
         try:
             await pool.put(pid)

@@ -406,7 +406,7 @@ def test_a_waiting_take_through_a_proxy_raises_when_the_last_member_leaves(
 
 
 def _owner_has_waiting_take(pool: ref.WorkerPool) -> bool:
-    stats = pool._changed.statistics()
+    stats = pool._takers.statistics()
     return bool(stats.tasks_waiting)
 
 
