@@ -227,7 +227,10 @@ class WorkerPool:
         returns 1 for the default pool and raises NoActiveWorkerError for
         any other pool.
         """
-        await trio.lowlevel.checkpoint()
+        # A cancellation point that yields to the scheduler only when it
+        # must wait: pmap takes once an element, and whoever takes a member
+        # goes on to await a call on it anyway.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._prune()
             if self._free:
