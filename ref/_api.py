@@ -340,6 +340,8 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
         # Out of procs() and workers() from now on, even while a background
         # removal still waits for its turn.
         proc.lookup(pid).state = PeerState.TERMINATING
+    # Takes parked on a pool re-judge its members (BR-07).
+    _pools.membership_changed(proc)
     removal = Removal(targets)
     if waitfor == 0:
         proc.spawn(removal._run, proc, math.inf)

@@ -132,6 +132,11 @@ class WorkerPool:
         self._key = state.serial
         self._members: dict[int, None] = {}
         self._free: deque[int] = deque()
+        # Takers wait in their own lot, woken one per freed member: waking
+        # them all (pmap keeps one taker per member waiting once members
+        # died) would have all but one find nothing and park again.
+        # ``wait`` and departures use ``_changed``.
+        self._takers = trio.lowlevel.ParkingLot()
         self._changed = trio.lowlevel.ParkingLot()
         state.pools[self._key] = self
         for pid in pids:
@@ -178,6 +183,7 @@ class WorkerPool:
             self._members[pid] = None
         if pid not in self._free:
             self._free.append(pid)
+            self._takers.unpark()
         self._changed.unpark_all()
 
     def _put_now(self, pid: int) -> None:
@@ -185,6 +191,7 @@ class WorkerPool:
         # pool, or one dropped meanwhile) is not queued.
         if pid in self._members and pid not in self._free:
             self._free.append(pid)
+            self._takers.unpark()
             self._changed.unpark_all()
 
     def _empty_fallback(self) -> int:
@@ -220,14 +227,17 @@ class WorkerPool:
         returns 1 for the default pool and raises NoActiveWorkerError for
         any other pool.
         """
-        await trio.lowlevel.checkpoint()
+        # A cancellation point that yields to the scheduler only when it
+        # must wait: pmap takes once an element, and whoever takes a member
+        # goes on to await a call on it anyway.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._prune()
             if self._free:
                 return self._free.popleft()
             if not self._members:
                 return self._empty_fallback()
-            await self._changed.park()
+            await self._takers.park()
 
     async def put(self, pid: int) -> None:
         """Make member ``pid`` free again; a non-member is ignored."""
@@ -453,14 +463,28 @@ class PoolProxy:
 
     async def _op(self, op: str, *args: Any) -> Any:
         proc = current_process()
+        # A take cancelled after its request went out may still be granted
+        # on the owner: the member that then arrives goes straight back,
+        # or the pool would lose it for good.
+        orphan = self._put_back if op == "take" else None
         answer = await proc.remotecall_fetch(
-            _pool_op, self.owner, (self.key, op, args), {}
+            _pool_op, self.owner, (self.key, op, args), {}, on_orphan=orphan
         )
         if isinstance(answer, _PoolFailure):
             raise answer.error
         return answer
 
+    async def _put_back(self, answer: object) -> None:
+        if isinstance(answer, int):
+            log.debug("returning worker %d, taken for a cancelled caller", answer)
+            await _give_back(self, answer)
+
     async def take(self) -> int:
+        """Remove and return a free member, on the owner.
+
+        Cancel-safe: a member the owner grants after the caller was
+        cancelled is put back, never lost.
+        """
         pid: int = await self._op("take")
         return pid
 
@@ -586,6 +610,22 @@ def worker_joined(proc: Process, pid: int) -> None:
         state.default._push_now(pid)
 
 
+def membership_changed(proc: Process) -> None:
+    """A process left ``proc``'s view of the cluster (or is on its way out).
+
+    Wakes every take and wait parked on a pool ``proc`` owns, so each
+    re-judges liveness: a pool whose last member left raises
+    NoActiveWorkerError (the default pool lends process 1) instead of
+    waiting for a put that can never come (field report BR-07).
+    """
+    state = _states.get(proc)
+    if state is None:
+        return
+    for pool in list(state.pools.values()):
+        pool._takers.unpark_all()
+        pool._changed.unpark_all()
+
+
 async def push(pool: WorkerPoolAPI, pid: int) -> None:
     """Julia's ``push!(pool, pid)``: add a free member."""
     await pool.push(pid)
@@ -659,6 +699,12 @@ async def _release_when_done(pool: WorkerPoolAPI, pid: int, fut: Future) -> None
 async def _give_back(pool: WorkerPoolAPI, pid: int) -> None:
     """Return ``pid`` even when the caller is being cancelled."""
     proc = current_process()
+    if isinstance(pool, WorkerPool) and pool._proc is proc:
+        # Our own pool: returning is synchronous, so nothing can cancel it
+        # (and pmap, which does this once an element, skips two cancel
+        # scopes and a trip through the scheduler).
+        pool._put_now(pid)
+        return
     with trio.CancelScope(shield=True), trio.move_on_after(proc.worker_timeout):
         try:
             await pool.put(pid)

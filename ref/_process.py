@@ -35,6 +35,7 @@ import os
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
+from types import ModuleType
 from typing import Any, TypeVar
 
 import trio
@@ -55,7 +56,7 @@ from spec.api import (
 
 from ._channel import Channel
 from ._context import peek_current, reset_current, set_current
-from ._pools import worker_joined
+from ._pools import membership_changed, worker_joined
 from ._refs import (
     MISSING,
     ChannelFactory,
@@ -100,6 +101,8 @@ log = logging.getLogger("ref")
 
 R = TypeVar("R", bound=RemoteRef)
 F = TypeVar("F", bound=Callable[..., Any])
+#: Receives the answer to a call whose caller was cancelled meanwhile.
+Orphan = Callable[[object], Awaitable[None]]
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -203,16 +206,25 @@ class Link:
                 sending_to.reset(token)
             if not data:
                 return
-            try:
-                await self.stream.send_all(data)
-            except _STREAM_ERRORS:
-                self.wire.send_failed()
-                raise ProcessExitedException(self.peer) from None
-            except trio.Cancelled:
+            # The wire already counts the message as sent: finish writing it
+            # even if the caller is cancelled meanwhile (the cancellation
+            # lands at the caller's next checkpoint).  A caller cancelled
+            # here would otherwise leave the stream mid-frame, condemning a
+            # healthy link, and leave unknown whether the peer acts on the
+            # message.  A peer that stops reading for the worker timeout
+            # condemns the link all the same.
+            with trio.CancelScope(shield=True) as writing:
+                writing.deadline = trio.current_time() + self.proc.worker_timeout
+                try:
+                    await self.stream.send_all(data)
+                except _STREAM_ERRORS:
+                    self.wire.send_failed()
+                    raise ProcessExitedException(self.peer) from None
+            if writing.cancelled_caught:
                 # A partial write leaves the stream mid-frame: unusable.
                 self.wire.send_failed()
                 self.closed = True
-                raise
+                raise ProcessExitedException(self.peer)
         self.proc.after_send(self.peer)
 
     async def aclose(self) -> None:
@@ -241,6 +253,10 @@ class Process:
         self.transport = transport
         self.worker_timeout = worker_timeout
         self.codec: Codec = codec or CloudpickleCodec()
+        #: This process's ``__main__`` when it is not the interpreter's (a
+        #: simulated process); where ``define_globals`` and functions
+        #: shipped from a ``__main__`` find their globals.
+        self.main_module: ModuleType | None = None
         self.host = host
         self.refs: RefTable[Slot | Channel] = RefTable()
         self.links: dict[int, Link] = {}
@@ -469,6 +485,7 @@ class Process:
         if joined is not None:
             joined.set()
         self.departed(pid).set()
+        membership_changed(self)
 
         if pid == MASTER and not self.group.is_master:
             self.stop(0 if self.stopped.is_set() else 1)
@@ -692,6 +709,7 @@ class Process:
                 self.spawn(other.aclose)
             else:
                 self.group.remove(msg.pid)
+                membership_changed(self)
                 # It may hold references we own though it never linked to
                 # us (it got them from a third process): forget it as holder.
                 self.refs.remove_pid(msg.pid)
@@ -914,17 +932,49 @@ class Process:
     # ------------------------------------------------------ calling others
 
     async def _await_answer(
-        self, pid: int, header: Header, msg: Message, answer: RRID
+        self,
+        pid: int,
+        header: Header,
+        msg: Message,
+        answer: RRID,
+        on_orphan: Orphan | None = None,
     ) -> object:
-        """Send ``msg`` to ``pid`` and wait for the ResultMsg to ``answer``."""
+        """Send ``msg`` to ``pid`` and wait for the ResultMsg to ``answer``.
+
+        With ``on_orphan``, a wait cancelled after the message went out
+        leaves a task behind that receives the answer and hands it to
+        ``on_orphan`` (an answer that moves something, such as a pool
+        member, must not be dropped on the floor).
+        """
         slot = Slot()
         self._waiting[answer] = (slot, pid)
+        sent = adopted = False
         try:
             link = await self.link_to(pid)
             await link.send(header, msg)
+            sent = True
             return await slot.wait()
+        except trio.Cancelled:
+            # A send cancelled before its bytes were written never reaches
+            # the callee (Link finishes any write it has started).
+            if sent and on_orphan is not None:
+                adopted = True
+                self.spawn(self._adopt_orphan, answer, slot, on_orphan)
+            raise
         finally:
-            del self._waiting[answer]
+            if not adopted:
+                del self._waiting[answer]
+
+    async def _adopt_orphan(self, answer: RRID, slot: Slot, on_orphan: Orphan) -> None:
+        """Receive the answer a cancelled caller no longer waits for."""
+        try:
+            value = await slot.wait()
+        except ProcessExitedException:
+            return  # the callee left: whatever it answered left with it
+        finally:
+            self._waiting.pop(answer, None)
+        if not isinstance(value, RemoteException):
+            await on_orphan(value)
 
     async def remotecall_fetch(
         self,
@@ -932,7 +982,15 @@ class Process:
         pid: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        on_orphan: Orphan | None = None,
     ) -> Any:
+        """Call ``f`` on ``pid`` and return its value.
+
+        ``on_orphan`` receives the value should the caller be cancelled
+        after the call went out (see ``_await_answer``); a local call is
+        cancelled with its caller, so it has no orphans.
+        """
         if pid == self.myid:
             value = await self._invoke(f, args, kwargs)
         else:
@@ -943,6 +1001,7 @@ class Process:
                 Header(notify=notify),
                 CallMsg(f, args, kwargs, "call_fetch"),
                 notify,
+                on_orphan,
             )
         if isinstance(value, RemoteException):
             raise value
@@ -1376,6 +1435,7 @@ class Process:
                 continue  # it left while we were asking the others
             peer = self.group.peer(pid)
             peer.state = PeerState.TERMINATING
+            membership_changed(self)
             managed = self.managed.get(pid)
             if managed is not None:
                 await managed.kill()

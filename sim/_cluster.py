@@ -14,6 +14,7 @@ point of their own choosing rather than from a ``FaultPlan``.
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -94,6 +95,13 @@ class World:
         node.attach(proc, make_current=make_current)
         self.run.register_process(proc, node.ospid)
 
+    def _started(self, node: Node, proc: Process) -> None:
+        # Each simulated worker gets a __main__ of its own, as a worker
+        # process has: globals defined there (define_globals, a function
+        # shipped from a __main__) are not the master's (BR-29).
+        proc.main_module = types.ModuleType("__main__")
+        self.attach(node, proc, make_current=True)
+
     def node_for_pid(self, pid: int) -> Node | None:
         """The live node whose process has distref pid ``pid``."""
         for node in self.nodes:
@@ -157,7 +165,7 @@ class World:
                     announce=node.announce,
                     worker_timeout=timeout,
                     codec=TracingCodec(node, enabled=self.trace.enabled),
-                    started=lambda proc: self.attach(node, proc, make_current=True),
+                    started=lambda proc: self._started(node, proc),
                 )
         finally:
             self.network.node_exited(node)

@@ -7,9 +7,11 @@ module level here; the workers import this module by name.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import sys
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ import trio
 from conftest import OpenTestCluster
 
 import ref
+from ref import _constructs
 
 # ------------------------------------------------- functions run on workers
 
@@ -349,3 +352,96 @@ async def test_br18_everywhere_covers_only_the_processes_present(
             await ref.remotecall_fetch(_call_main_global, late, "distref_br18_g", 1)
             == 2
         )
+
+
+# ------------------------------------------------------------ BR-29
+
+#: The global of the report's scenario (``a`` there), named so it cannot
+#: clash with anything in the test runner's ``__main__``.
+BR29_NAME = "distref_br29_a"
+
+
+def _main_value(name: str) -> Any:
+    """On the process that runs it: ``name`` in its ``__main__``, or None."""
+    return getattr(_constructs._module("__main__"), name, None)
+
+
+def _set_main_to_own_pid(name: str) -> None:
+    setattr(_constructs._module("__main__"), name, ref.myid())
+
+
+@pytest.fixture
+def br29_getters() -> Iterator[tuple[Any, Any]]:
+    """Functions defined in the caller's ``__main__``: one reads the global,
+    the other calls the first.
+
+    Defined by exec in ``__main__``'s namespace, as a script or the REPL
+    would, so they travel by value; the fixture removes the names after.
+    """
+    main = vars(sys.modules["__main__"])
+    source = (
+        f"def distref_br29_get():\n    return {BR29_NAME}\n"
+        "def distref_br29_via():\n    return distref_br29_get()\n"
+    )
+    exec(source, main)
+    yield main["distref_br29_get"], main["distref_br29_via"]
+    for name in ("distref_br29_get", "distref_br29_via", BR29_NAME):
+        main.pop(name, None)
+
+
+@pytest.mark.parametrize("backend", ["ref", "sim"])
+def test_br29_a_shipped_function_carries_the_callers_main_globals(
+    backend: str,
+    br29_getters: tuple[Any, Any],
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    """BR-29 (JuliaLang/julia#52969): a function shipped from the caller's
+    ``__main__`` looks up, on the target, a global the caller does not
+    define; once the caller defines it, the function carries the caller's
+    value and redefines the target's global with it.  The same holds for a
+    ``__main__`` function it calls."""
+    main = sys.modules["__main__"]
+    get, via = br29_getters
+
+    async def body() -> None:
+        _, w3, w4 = ref.workers()
+        await ref.everywhere(_set_main_to_own_pid, BR29_NAME, procs=[w3, w4])
+        assert not hasattr(main, BR29_NAME)
+        assert await ref.fetchfrom(w3, get) == w3
+        assert await ref.fetchfrom(w4, via) == w4
+
+        setattr(main, BR29_NAME, 1)
+        assert await ref.fetchfrom(w3, get) == 1
+        assert await ref.fetchfrom(w3, _main_value, BR29_NAME) == 1
+        # Only the target was redefined.
+        assert await ref.fetchfrom(w4, _main_value, BR29_NAME) == w4
+        assert await ref.fetchfrom(w4, via) == 1
+        assert await ref.fetchfrom(w4, _main_value, BR29_NAME) == 1
+        assert getattr(main, BR29_NAME) == 1
+
+    _run_on(backend, 3, body, open_test_cluster)
+
+
+def _run_on(
+    backend: str,
+    n: int,
+    body: Callable[[], Awaitable[None]],
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    """Run ``body`` as the master of ``n`` workers, real or simulated."""
+    if backend == "ref":
+
+        async def on_ref() -> None:
+            async with open_test_cluster(n):
+                await body()
+
+        trio.run(on_ref)
+        return
+    sim = importlib.import_module("sim")
+
+    async def on_sim() -> None:
+        async with sim.open_cluster():
+            await ref.addprocs(n)
+            await body()
+
+    sim.run(on_sim, seed=0)

@@ -8,11 +8,15 @@ use, and the synchronous conveniences.
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import OpenTestCluster
 
 import ref
@@ -288,3 +292,199 @@ async def test_remote_rejects_what_is_not_callable(
         with pytest.raises(TypeError, match="not callable"):
             ref.remote(42)  # type: ignore[arg-type]
         assert repr(ref.remote(_whoami)).startswith("remote(")
+
+
+# ------------------------------------- a waiting take when the last member leaves
+#
+# Field report BR-07: a pool with no live member raises NoActiveWorkerError
+# from take (the default pool lends process 1).  A take that is already
+# waiting when the last member leaves must be woken to say so.  Each case
+# runs on real workers and on the simulator.
+
+Body = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture(params=["ref", "sim"])
+def run_with_workers(
+    request: pytest.FixtureRequest, open_test_cluster: OpenTestCluster
+) -> Callable[[int, Body], None]:
+    """``run_with_workers(n, body)``: run ``body`` as master of ``n`` workers."""
+
+    def run(n: int, body: Body) -> None:
+        if request.param == "ref":
+
+            async def on_ref() -> None:
+                async with open_test_cluster(n):
+                    await body()
+
+            trio.run(on_ref)
+            return
+        sim = importlib.import_module("sim")
+
+        async def on_sim() -> None:
+            async with sim.open_cluster():
+                await ref.addprocs(n)
+                await body()
+
+        sim.run(on_sim, seed=0)
+
+    return run
+
+
+async def _leave(how: str, pid: int) -> None:
+    if how == "rmprocs":
+        await ref.rmprocs(pid)
+    else:
+        await ref.faults.kill(pid)
+
+
+async def _outcome_of_waiting_take(
+    pool: Any, leave: Callable[[], Awaitable[None]]
+) -> Any:
+    """Start a take (every member busy), run ``leave``, return what the take did."""
+    outcome: list[object] = []
+
+    async def waiting_take() -> None:
+        try:
+            outcome.append(await pool.take())
+        except ref.NoActiveWorkerError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_take)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == [], "the take should wait: every member is busy"
+            await leave()
+    (result,) = outcome
+    return result
+
+
+@pytest.mark.parametrize("how", ["rmprocs", "kill"])
+@pytest.mark.parametrize("kind", ["WorkerPool", "CachingPool"])
+def test_a_waiting_take_raises_when_the_last_member_leaves(
+    run_with_workers: Callable[[int, Body], None], kind: str, how: str
+) -> None:
+    async def body() -> None:
+        (w,) = ref.workers()
+        pool = getattr(ref, kind)([w])
+        assert await pool.take() == w
+        result = await _outcome_of_waiting_take(pool, lambda: _leave(how, w))
+        assert isinstance(result, ref.NoActiveWorkerError), result
+        with pytest.raises(ref.NoActiveWorkerError):
+            await pool.take()
+
+    run_with_workers(1, body)
+
+
+async def _take_from_proxy(pool: Any) -> str:
+    """On a worker: take from a pool owned by the master."""
+    try:
+        return f"took {await pool.take()}"
+    except ref.NoActiveWorkerError:
+        return "NoActiveWorkerError"
+
+
+@pytest.mark.parametrize("how", ["rmprocs", "kill"])
+def test_a_waiting_take_through_a_proxy_raises_when_the_last_member_leaves(
+    run_with_workers: Callable[[int, Body], None], how: str
+) -> None:
+    async def body() -> None:
+        a, b = ref.workers()
+        pool = ref.WorkerPool([a])
+        assert await pool.take() == a
+        with trio.fail_after(30):
+            fut = await ref.remotecall(_take_from_proxy, b, pool)
+            # The worker's take waits on the master until a leaves.
+            while not _owner_has_waiting_take(pool):
+                await trio.sleep(0.01)
+            assert not await ref.isready(fut)
+            await _leave(how, a)
+            assert await ref.fetch(fut) == "NoActiveWorkerError"
+
+    run_with_workers(2, body)
+
+
+def _owner_has_waiting_take(pool: ref.WorkerPool) -> bool:
+    stats = pool._takers.statistics()
+    return bool(stats.tasks_waiting)
+
+
+def test_a_waiting_take_on_the_default_pool_gets_the_master_when_all_left(
+    run_with_workers: Callable[[int, Body], None],
+) -> None:
+    async def body() -> None:
+        (w,) = ref.workers()
+        pool = ref.default_worker_pool()
+        assert await pool.take() == w
+        result = await _outcome_of_waiting_take(pool, lambda: _leave("rmprocs", w))
+        assert result == 1
+
+    run_with_workers(1, body)
+
+
+# ------------------------------------------- cancelling a take through a proxy
+
+
+async def _take_then_cancel(pool: Any, rng: random.Random) -> None:
+    """Start a take and cancel it at a point ``rng`` picks; return what came."""
+    got: list[int] = []
+
+    async def taker() -> None:
+        got.append(await pool.take())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(taker)
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(12)):
+                await trio.lowlevel.checkpoint()
+        else:
+            await trio.sleep(rng.uniform(0, 0.005))
+        nursery.cancel_scope.cancel()
+    for pid in got:
+        await pool.put(pid)
+
+
+async def _cancel_many_takes(pool: Any, rounds: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        await _take_then_cancel(pool, rng)
+
+
+async def _hold_members_now_and_then(pool: ref.WorkerPool, rng: random.Random) -> None:
+    """Keep members busy at times, so some cancelled takes were waiting."""
+    held: list[int] = []
+    try:
+        while True:
+            for _ in range(rng.randrange(1, 3)):
+                held.append(await pool.take())
+            await trio.sleep(rng.uniform(0, 0.005))
+            while held:
+                await pool.put(held.pop())
+            await trio.sleep(rng.uniform(0, 0.005))
+    finally:
+        with trio.CancelScope(shield=True):
+            for pid in held:
+                await pool.put(pid)
+
+
+def test_cancelled_takes_through_a_proxy_lose_no_member(
+    run_with_workers: Callable[[int, Body], None],
+) -> None:
+    """A take granted on the owner after its caller gave up is put back."""
+
+    async def body() -> None:
+        a, b, c = ref.workers()
+        pool = ref.WorkerPool([a, b])
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_hold_members_now_and_then, pool, random.Random(1))
+                await ref.remotecall_fetch(_cancel_many_takes, c, pool, 150, 7)
+                nursery.cancel_scope.cancel()
+            # Members granted to cancelled takes come back on their own.
+            while len(pool._free) < 2:
+                await trio.sleep(0.01)
+        assert sorted(pool._free) == [a, b]
+        assert await pool.length() == 2
+
+    run_with_workers(3, body)

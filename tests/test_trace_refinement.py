@@ -11,7 +11,7 @@ widen it.
 The trace checker must also catch the seeded mistakes of
 ``model_mistakes`` on its own, without the online checks of the
 model-based tests.  The last tests pin two defects of ``ref`` the model
-found, as strict xfails: they start passing (and fail the run) once fixed.
+found (both fixed since).
 """
 
 from __future__ import annotations
@@ -137,12 +137,6 @@ def driver() -> Iterator[Driver]:
     assert not left, f"worker processes left behind: {left}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Refuted,
-    reason="ref: a take waiting on a pool is not woken when the pool's last "
-    "member leaves, so it never raises NoActiveWorkerError",
-)
 def test_waiting_take_fails_when_last_member_leaves(driver: Driver) -> None:
     harness = Harness(driver, workers=2, bound=5.0)
     w2, _ = driver.live_workers()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections.abc import Sequence
 from typing import Any, overload
 
@@ -254,6 +255,46 @@ async def _fail_unless(d: DistributedAPI, good: int, key: str) -> None:
         record(key, "done")
         return
     raise ScenarioError(f"failed on {d.myid()}")
+
+
+# ------------------------------------------- globals of __main__ (BR-29)
+
+#: Defined in the caller's __main__ (by exec, as a script or REPL would),
+#: so they travel by value.  ``_peek`` reads through ``globals()``, so it
+#: carries no value of the name it reads.
+_MAIN_SOURCE = """
+def {get}():
+    return {name}
+
+def {peek}(name):
+    return globals().get(name)
+
+def {set_own}(d, name):
+    globals()[name] = d.myid()
+"""
+
+
+@scenario("fetchfrom.main-globals-travel")
+async def main_globals_travel_with_shipped_functions(d: DistributedAPI) -> None:
+    main = vars(sys.modules["__main__"])
+    key = new_key()
+    name = f"distref_a_{key}"
+    get, peek, set_own = (f"distref_{what}_{key}" for what in ("get", "peek", "set"))
+    exec(_MAIN_SOURCE.format(get=get, peek=peek, set_own=set_own, name=name), main)
+    try:
+        _, w3, w4 = await d.addprocs(3)
+        with within(PATIENCE, "fetchfrom of a __main__ function"):
+            await d.everywhere(main[set_own], d, name, procs=[w3, w4])
+            # The caller has no such global: the target's own is read.
+            assert await d.fetchfrom(w3, main[get]) == w3
+            main[name] = 1
+            # Now the caller's value travels and redefines the target's.
+            assert await d.fetchfrom(w3, main[get]) == 1
+            assert await d.fetchfrom(w3, main[peek], name) == 1
+            assert await d.fetchfrom(w4, main[peek], name) == w4, "w4 changed"
+    finally:
+        for defined in (get, peek, set_own, name):
+            main.pop(defined, None)
 
 
 @scenario("everywhere.single-pid-returns-value")
