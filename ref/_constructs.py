@@ -243,11 +243,8 @@ def _pids(procs: Any) -> Iterable[int]:
 
 
 def _module(name: str) -> Any:
-    if name == "__main__":
-        # A simulated process has a __main__ of its own.
-        main = current_process().main_module
-        if main is not None:
-            return main
+    # Under the simulator, sys.modules["__main__"] is the calling simulated
+    # process's own (sim/_mains.py).
     return sys.modules.get(name) or importlib.import_module(name)
 
 

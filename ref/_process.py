@@ -35,7 +35,6 @@ import os
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from types import ModuleType
 from typing import Any, TypeVar
 
 import trio
@@ -253,10 +252,6 @@ class Process:
         self.transport = transport
         self.worker_timeout = worker_timeout
         self.codec: Codec = codec or CloudpickleCodec()
-        #: This process's ``__main__`` when it is not the interpreter's (a
-        #: simulated process); where ``define_globals`` and functions
-        #: shipped from a ``__main__`` find their globals.
-        self.main_module: ModuleType | None = None
         self.host = host
         self.refs: RefTable[Slot | Channel] = RefTable()
         self.links: dict[int, Link] = {}

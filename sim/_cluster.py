@@ -14,7 +14,6 @@ point of their own choosing rather than from a ``FaultPlan``.
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -96,10 +95,6 @@ class World:
         self.run.register_process(proc, node.ospid)
 
     def _started(self, node: Node, proc: Process) -> None:
-        # Each simulated worker gets a __main__ of its own, as a worker
-        # process has: globals defined there (define_globals, a function
-        # shipped from a __main__) are not the master's (BR-29).
-        proc.main_module = types.ModuleType("__main__")
         self.attach(node, proc, make_current=True)
 
     def node_for_pid(self, pid: int) -> Node | None:

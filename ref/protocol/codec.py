@@ -39,15 +39,10 @@ class Codec(Protocol):
 def receiver_main_globals() -> dict[str, Any]:
     """On unpickling: the namespace of the receiving process's ``__main__``.
 
-    A simulated process has its own (``Process.main_module``); a real one
-    uses the interpreter's ``__main__`` module.
+    Under the simulator ``sys.modules["__main__"]`` stands for the calling
+    simulated process's own module (see ``sim/_mains.py``).
     """
-    from .._context import peek_current  # the runtime, not the core
-
-    module = getattr(peek_current(), "main_module", None)
-    if module is None:
-        module = sys.modules["__main__"]
-    return vars(module)
+    return vars(sys.modules["__main__"])
 
 
 class _ReceiverMain:
