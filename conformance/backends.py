@@ -93,7 +93,9 @@ class RefBackend:
     """
 
     name = "ref"
-    capabilities = frozenset({"blocking_calls", "faults.kill", "real_processes"})
+    capabilities = frozenset(
+        {"blocking_calls", "faults.kill", "probes.raw_streams", "real_processes"}
+    )
 
     def available(self) -> str | None:
         """Import ``ref`` and check it offers ``open_cluster``."""
@@ -147,7 +149,13 @@ class SimBackend:
 
     name = "sim"
     capabilities = frozenset(
-        {"faults.kill", "faults.partition", "virtual_time", "deterministic"}
+        {
+            "faults.kill",
+            "faults.partition",
+            "probes.raw_streams",
+            "virtual_time",
+            "deterministic",
+        }
     )
 
     def available(self) -> str | None:

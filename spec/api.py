@@ -32,7 +32,17 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
+
+if TYPE_CHECKING:
+    import trio
 
 T = TypeVar("T")
 
@@ -292,6 +302,49 @@ class Faults(Protocol):
         ...
 
 
+class RawListener(Protocol):
+    """A listening address that hands the connections made to it over raw.
+
+    What a process of the cluster sends there arrives as bytes, with no
+    handshake or framing done on this side (see ``Probes.listen``).
+    """
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``: what a ``WorkerConfig`` would name to reach it."""
+        ...
+
+    async def accept(self) -> trio.abc.HalfCloseableStream:
+        """The next connection made to this address, as a raw byte stream."""
+        ...
+
+
+class Probes(Protocol):
+    """Raw byte streams into and out of a cluster, for wire-level scenarios.
+
+    They go through the same transport the backend's processes use (real
+    loopback TCP on ``ref``, simulated links on ``sim``), so a scenario can
+    speak the handshake to a process, or listen for what a process sends,
+    whatever the backend.  Master only; scenarios using them declare
+    ``needs=("probes.raw_streams",)``.
+    """
+
+    async def open_stream(self, pid: int) -> trio.abc.HalfCloseableStream:
+        """A new connection to the address worker ``pid`` listens on.
+
+        Nothing is sent on it: the caller speaks first, if at all.
+        """
+        ...
+
+    async def connect(self, host: str, port: int) -> trio.abc.HalfCloseableStream:
+        """A new raw connection to ``host:port`` (an ElasticManager, say)."""
+        ...
+
+    def listen(self) -> AbstractAsyncContextManager[RawListener]:
+        """Listen for connections from the cluster's processes for the block."""
+        ...
+
+
 class WorkerPoolAPI(Protocol):
     """A set of worker pids handed out one caller at a time.
 
@@ -361,6 +414,8 @@ class DistributedAPI(Protocol):
 
     #: Fault injection (scenarios needing ``faults.kill`` use it).
     faults: Faults
+    #: Raw streams (scenarios needing ``probes.raw_streams`` use them).
+    probes: Probes
     #: The logger name on which the backend reports what it cannot raise.
     log_name: str
 
