@@ -94,7 +94,13 @@ class RefBackend:
 
     name = "ref"
     capabilities = frozenset(
-        {"blocking_calls", "faults.kill", "probes.raw_streams", "real_processes"}
+        {
+            "blocking_calls",
+            "faults.kill",
+            "probes.programs",
+            "probes.raw_streams",
+            "real_processes",
+        }
     )
 
     def available(self) -> str | None:
@@ -152,6 +158,7 @@ class SimBackend:
         {
             "faults.kill",
             "faults.partition",
+            "probes.programs",
             "probes.raw_streams",
             "virtual_time",
             "deterministic",

@@ -8,21 +8,37 @@ simulated links under ``sim``.  So the same scenario runs on both, and on
 the simulator the raw connection is an ordinary simulated connection of the
 master's node, with its latency, trace and faults.
 
+Two more stand in for what a scenario cannot do through the API:
+``run_program`` starts a worker "by other means" (the launcher's
+``ProgramRunner`` seam: a child process under ``ref``, a new simulated node
+under ``sim``), and ``sever`` breaks the master's link to a worker the way
+a lost connection would.
+
 Only the master may use them: it is the process that knows where every
-worker listens and whose transport the scenario runs in.
+worker listens and whose transport and launcher the scenario runs with.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import trio
 
-from ._context import current_process
+from spec.api import NoSuchProcessError, ProcessExitedException
 
-__all__ = ["RawListener", "connect", "listen", "open_stream"]
+from ._context import current_process
+from ._seams import Program, ProgramRunner, RunningProgram
+
+__all__ = [
+    "RawListener",
+    "connect",
+    "listen",
+    "open_stream",
+    "run_program",
+    "sever",
+]
 
 
 async def open_stream(pid: int) -> trio.abc.HalfCloseableStream:
@@ -116,3 +132,54 @@ async def listen() -> AsyncIterator[RawListener]:
             with trio.CancelScope(shield=True):
                 async for stream in receive:
                     await stream.aclose()
+
+
+@asynccontextmanager
+async def run_program(
+    kind: str,
+    *args: str,
+    stdin: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> AsyncIterator[RunningProgram]:
+    """Start a ``kind`` program (``"worker"`` or ``"elastic"``) for the block.
+
+    It runs as the cluster's launcher would run it: ``python -m ref.worker``
+    or ``python -m ref.elastic`` under ``ref``, a simulated process under
+    ``sim``.  Leaving the block kills it if it still runs, and reaps it.
+    """
+    proc = current_process()
+    proc.require_master("probes.run_program")
+    program = Program(kind, tuple(args), stdin, dict(environ or {}))
+    launcher = proc.launcher
+    run = getattr(launcher, "run_program", None)
+    if run is None:
+        raise TypeError(
+            f"the cluster's launcher {type(launcher).__name__} cannot start "
+            "programs on its own (it has no run_program)"
+        )
+    runner: ProgramRunner = launcher  # type: ignore[assignment]  # checked above
+    async with trio.open_nursery() as nursery:
+        running = await runner.run_program(program, nursery)
+        try:
+            yield running
+        finally:
+            running.kill()
+            with trio.CancelScope(shield=True):
+                await running.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def sever(pid: int) -> None:
+    """Close the master's link to worker ``pid`` abruptly, saying nothing.
+
+    To the worker this is its connection to pid 1 lost; the master handles
+    the loss as for any link that breaks.
+    """
+    proc = current_process()
+    proc.require_master("probes.sever")
+    if proc.group.has_left(pid):
+        raise ProcessExitedException(pid)
+    link = proc.links.get(pid)
+    if link is None:
+        raise NoSuchProcessError(pid)
+    await link.aclose()

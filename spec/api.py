@@ -319,6 +319,39 @@ class RawListener(Protocol):
         ...
 
 
+class RunningProgram(Protocol):
+    """A worker program started by ``Probes.run_program``."""
+
+    async def readline(self) -> str | None:
+        """Its next line of output (stdout, then what it logs on stderr),
+        or None once it has ended."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until it has exited; its exit status."""
+        ...
+
+    def kill(self) -> None:
+        """Stop it at once, as ``kill -9`` would, if it still runs."""
+        ...
+
+
+class ElasticManagerAPI(ClusterManagerAPI, Protocol):
+    """A manager whose workers, started by any means, dial the master.
+
+    ``start()`` listens and returns ``(host, port)``, the address a worker
+    program of kind ``"elastic"`` is given as ``HOST:PORT``; ``active``
+    maps the pid of each worker that joined and is still a member to its
+    config; ``aclose()`` stops listening (joined workers stay).
+    """
+
+    active: Mapping[int, Any]
+
+    async def start(self) -> tuple[str, int]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Probes(Protocol):
     """Raw byte streams into and out of a cluster, for wire-level scenarios.
 
@@ -342,6 +375,30 @@ class Probes(Protocol):
 
     def listen(self) -> AbstractAsyncContextManager[RawListener]:
         """Listen for connections from the cluster's processes for the block."""
+        ...
+
+    def run_program(
+        self,
+        kind: str,
+        *args: str,
+        stdin: str = "",
+        environ: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[RunningProgram]:
+        """Start a worker program by other means than ``addprocs``.
+
+        ``kind`` is ``"worker"`` (the program ``addprocs`` would start: it
+        listens, prints its address line and waits for a master) or
+        ``"elastic"`` (it dials the ``ElasticManager`` at its one argument,
+        ``HOST:PORT``).  It reads the cookie from the first line of
+        ``stdin`` and has ``environ`` added to its environment.  Leaving
+        the block kills it if it still runs.  Scenarios using it declare
+        ``needs=("probes.programs",)``.
+        """
+        ...
+
+    async def sever(self, pid: int) -> None:
+        """Break the master's link to worker ``pid`` without a word: to the
+        worker, its connection to pid 1 is lost."""
         ...
 
 
@@ -444,6 +501,12 @@ class DistributedAPI(Protocol):
         self, np: int | None = None, restrict: bool = True
     ) -> ClusterManagerAPI:
         """The manager behind ``addprocs(n)``: ``np`` workers on this host."""
+        ...
+
+    def ElasticManager(
+        self, addr: str = ..., port: int = ..., **options: Any
+    ) -> ElasticManagerAPI:
+        """A manager that workers started by any means dial (issue 6)."""
         ...
 
     def SSHManager(self, machines: Iterable[Any]) -> ClusterManagerAPI:

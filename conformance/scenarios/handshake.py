@@ -153,7 +153,7 @@ async def _after_quiet(stream: trio.abc.ReceiveStream) -> bytes | None:
     return None
 
 
-async def _until_closed(stream: trio.abc.ReceiveStream) -> bytes:
+async def until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     """Everything the peer sends until it closes the connection."""
     data = b""
     try:
@@ -162,6 +162,19 @@ async def _until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     except trio.BrokenResourceError:
         pass  # reset: closed with some of our bytes unread
     return data
+
+
+async def send_then_eof(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
+    """Send ``data`` and end-of-file; a peer that already hung up is fine.
+
+    A peer refusing the connection may close it after reading only part of
+    what was sent, and the rest of a write then finds it gone.
+    """
+    try:
+        await stream.send_all(data)
+        await stream.send_eof()
+    except trio.BrokenResourceError:
+        pass
 
 
 def _version(text: str) -> bytes:
@@ -181,7 +194,7 @@ def was_unpickled(key: str) -> bool:
     return key in _unpickled.here()
 
 
-class _Tripwire:
+class Tripwire:
     """Pickles to bytes that, once unpickled anywhere, record ``key`` there."""
 
     def __init__(self, key: str) -> None:
@@ -246,7 +259,7 @@ async def a_worker_refuses_bad_cookies_logs_why_and_keeps_serving(
     key = f"tripwire-{trio.current_time()!r}-{id(wrong)}"
     # A pickle is a valid stream from its first byte: whatever offset a
     # careless reader started decoding at, these bytes would trip the wire.
-    junk = pickle.dumps(_Tripwire(key)) * 4
+    junk = pickle.dumps(Tripwire(key)) * 4
 
     cases = [
         (
@@ -265,9 +278,8 @@ async def a_worker_refuses_bad_cookies_logs_why_and_keeps_serving(
         with within(PATIENCE, f"worker {pid} closing a connection that sent {what}"):
             stream = await d.probes.open_stream(pid)
             async with stream:
-                await stream.send_all(data)
-                await stream.send_eof()
-                answer = await _until_closed(stream)
+                await send_then_eof(stream, data)
+                answer = await until_closed(stream)
         assert answer == b"", (
             f"worker {pid} answered a connection that sent {what} with {answer!r}"
         )
@@ -301,7 +313,7 @@ async def a_worker_refuses_bad_cookies_logs_why_and_keeps_serving(
 # -------------------------------------------- the master as the initiator
 
 
-class _PointsAt:
+class PointsAt:
     """A manager reporting one worker at ``address``: the master dials it."""
 
     def __init__(self, d: DistributedAPI, address: tuple[str, int]) -> None:
@@ -320,7 +332,7 @@ class _PointsAt:
 
 
 async def _addprocs_outcome(
-    d: DistributedAPI, manager: _PointsAt, outcome: list[object]
+    d: DistributedAPI, manager: PointsAt, outcome: list[object]
 ) -> None:
     try:
         outcome.append(await d.addprocs(manager))
@@ -342,9 +354,7 @@ async def the_dialling_side_sends_its_cookie_then_a_padded_version(
     hello = COOKIE_LENGTH + VERSION_LENGTH
     outcome: list[object] = []
     async with d.probes.listen() as listener, trio.open_nursery() as nursery:
-        nursery.start_soon(
-            _addprocs_outcome, d, _PointsAt(d, listener.address), outcome
-        )
+        nursery.start_soon(_addprocs_outcome, d, PointsAt(d, listener.address), outcome)
         with within(PATIENCE, "the master dialling the worker it was told of"):
             stream = await listener.accept()
         async with stream:
@@ -380,7 +390,7 @@ LONG_WAIT = 150.0
 
 async def _drain(stream: trio.abc.ReceiveStream) -> None:
     """Read and drop what arrives, never answering, until it closes."""
-    await _until_closed(stream)
+    await until_closed(stream)
 
 
 @scenario("addprocs.join-timeout", needs=(*RAW, "virtual_time"), min_timeout=LONG_WAIT)
@@ -388,9 +398,7 @@ async def a_worker_that_never_completes_its_join_times_out(d: DistributedAPI) ->
     timeout = d.worker_timeout()
     outcome: list[object] = []
     async with d.probes.listen() as listener, trio.open_nursery() as nursery:
-        nursery.start_soon(
-            _addprocs_outcome, d, _PointsAt(d, listener.address), outcome
-        )
+        nursery.start_soon(_addprocs_outcome, d, PointsAt(d, listener.address), outcome)
         with within(PATIENCE, "the master dialling the worker it was told of"):
             stream = await listener.accept()
         async with stream:
