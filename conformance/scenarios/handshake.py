@@ -331,11 +331,12 @@ class PointsAt:
         pass
 
 
-async def _addprocs_outcome(
-    d: DistributedAPI, manager: PointsAt, outcome: list[object]
+async def addprocs_outcome(
+    d: DistributedAPI, manager: PointsAt, outcome: list[object], lazy: bool = True
 ) -> None:
+    """``addprocs(manager)``; what it returned or raised goes to ``outcome``."""
     try:
-        outcome.append(await d.addprocs(manager))
+        outcome.append(await d.addprocs(manager, lazy=lazy))
     except Exception as exc:
         outcome.append(exc)
 
@@ -354,7 +355,7 @@ async def the_dialling_side_sends_its_cookie_then_a_padded_version(
     hello = COOKIE_LENGTH + VERSION_LENGTH
     outcome: list[object] = []
     async with d.probes.listen() as listener, trio.open_nursery() as nursery:
-        nursery.start_soon(_addprocs_outcome, d, PointsAt(d, listener.address), outcome)
+        nursery.start_soon(addprocs_outcome, d, PointsAt(d, listener.address), outcome)
         with within(PATIENCE, "the master dialling the worker it was told of"):
             stream = await listener.accept()
         async with stream:
@@ -398,7 +399,7 @@ async def a_worker_that_never_completes_its_join_times_out(d: DistributedAPI) ->
     timeout = d.worker_timeout()
     outcome: list[object] = []
     async with d.probes.listen() as listener, trio.open_nursery() as nursery:
-        nursery.start_soon(_addprocs_outcome, d, PointsAt(d, listener.address), outcome)
+        nursery.start_soon(addprocs_outcome, d, PointsAt(d, listener.address), outcome)
         with within(PATIENCE, "the master dialling the worker it was told of"):
             stream = await listener.accept()
         async with stream:

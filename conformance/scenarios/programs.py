@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -23,6 +24,7 @@ from .handshake import (
     TIMEOUT_VARIABLE,
     PointsAt,
     Tripwire,
+    addprocs_outcome,
     send_then_eof,
     until_closed,
     was_unpickled,
@@ -183,3 +185,81 @@ async def the_elastic_manager_refuses_a_wrong_cookie_unread(
     )
     assert not was_unpickled(key), "the master unpickled what a refused peer sent"
     assert d.workers() == [1], f"workers() is {d.workers()} after two refusals"
+
+
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+    """Copy ``source`` into ``sink``; when either end goes, close both.
+
+    A relay is transparent: a worker that hangs up on it must look, to the
+    master, like a worker that hung up.
+    """
+    try:
+        while chunk := await source.receive_some():
+            await sink.send_all(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await sink.aclose()
+            await source.aclose()
+
+
+@scenario("addprocs.eager-peer-failure-exits", needs=(*PROGRAMS, "probes.raw_streams"))
+async def an_eager_worker_that_cannot_reach_a_listed_peer_exits_with_status_one(
+    d: DistributedAPI,
+) -> None:
+    cookie = d.cluster_cookie() + "\n"
+    async with (
+        d.probes.run_program("worker", stdin=cookie) as low_program,
+        d.probes.run_program("worker", stdin=cookie) as high_program,
+        d.probes.listen() as relay,
+        trio.open_nursery() as nursery,
+    ):
+        with within(PATIENCE, "the workers' address lines"):
+            low_at = await _address(low_program)
+            high_at = await _address(high_program)
+
+        # The first worker joins through a relay: the master, and so every
+        # later worker, knows it at the relay's address.
+        outcome: list[object] = []
+        relayed = PointsAt(d, relay.address)
+        nursery.start_soon(addprocs_outcome, d, relayed, outcome, False)
+        with within(PATIENCE, "the master dialling the relay"):
+            from_master = await relay.accept()
+            to_low = await d.probes.connect(*low_at)
+        nursery.start_soon(_pump, from_master, to_low)
+        nursery.start_soon(_pump, to_low, from_master)
+        await eventually(_has(outcome), "the relayed worker joining")
+        joined = outcome[0]
+        assert isinstance(joined, list) and len(joined) == 1, (
+            f"the relayed worker did not join: addprocs gave {joined!r}"
+        )
+        low = int(joined[0])
+
+        # The next eager worker must dial it there; the relay hangs up.
+        outcome.clear()
+        nursery.start_soon(addprocs_outcome, d, PointsAt(d, high_at), outcome, False)
+        with within(PATIENCE, "the second worker dialling its listed peer"):
+            refused = await relay.accept()
+        await refused.aclose()
+        with within(PATIENCE, "the second worker exiting"):
+            output = await _all_output(high_program)
+            status = await high_program.wait()
+        await eventually(_has(outcome), "addprocs of the second worker returning")
+
+        assert status == 1, f"the eager worker exited with {status}: {output}"
+        said = f"Error on {low + 1} while connecting to peer {low}, exiting"
+        assert any(said in line for line in output), (
+            f"the eager worker did not say {said!r}; it printed {output}"
+        )
+        assert d.workers() == [low], f"workers() is {d.workers()}, not [{low}]"
+        assert await d.remotecall_fetch(d.myid, low) == low
+        await d.rmprocs(low, waitfor=PATIENCE)
+        nursery.cancel_scope.cancel()
+
+
+def _has(outcome: list[object]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return bool(outcome)
+
+    return probe
