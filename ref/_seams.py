@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -155,6 +155,7 @@ class RunningProgram(Protocol):
         ...
 
 
+@runtime_checkable
 class ProgramRunner(Protocol):
     """A launcher that can also start a ``Program`` on its own."""
 

@@ -151,15 +151,13 @@ async def run_program(
     proc.require_master("probes.run_program")
     program = Program(kind, tuple(args), stdin, dict(environ or {}))
     launcher = proc.launcher
-    run = getattr(launcher, "run_program", None)
-    if run is None:
+    if not isinstance(launcher, ProgramRunner):
         raise TypeError(
             f"the cluster's launcher {type(launcher).__name__} cannot start "
             "programs on its own (it has no run_program)"
         )
-    runner: ProgramRunner = launcher  # type: ignore[assignment]  # checked above
     async with trio.open_nursery() as nursery:
-        running = await runner.run_program(program, nursery)
+        running = await launcher.run_program(program, nursery)
         try:
             yield running
         finally:

@@ -14,7 +14,11 @@ What the program prints is kept as its output: the address line a worker
 announces, and what it logs, rendered as the real program's logging
 configuration renders it on stderr (``name: message``, WARNING and up).
 A line ``ref.worker: ...`` or ``ref.elastic: ...`` and exit status 2 stand
-for a bad cookie, timeout or address, as in the real programs.
+for a bad cookie, timeout or address, as in the real programs.  A record
+is the program's when the task that logged it acts as the program's
+process; a task started before that process existed (the elastic worker's
+watch on its dialled connection) is not attributed, so its one line ("the
+master closed the connection") is missing from the simulated output.
 """
 
 from __future__ import annotations

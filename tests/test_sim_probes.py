@@ -231,3 +231,14 @@ def test_a_run_with_programs_and_probes_is_the_same_run_for_the_same_seed(
     sim.run(main, seed=8, trace=first)
     sim.run(main, seed=8, trace=second)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_open_stream_refuses_the_master_and_unknown_pids() -> None:
+    async def main() -> None:
+        async with sim.open_cluster():
+            with pytest.raises(ValueError, match="pid=1 is the master"):
+                await ref.probes.open_stream(1)
+            with pytest.raises(ref.NoSuchProcessError):
+                await ref.probes.open_stream(7)
+
+    sim.run(main, seed=9)
