@@ -94,7 +94,14 @@ class RefBackend:
 
     name = "ref"
     capabilities = frozenset(
-        {"blocking_calls", "faults.kill", "faults.suspend", "real_processes"}
+        {
+            "blocking_calls",
+            "faults.kill",
+            "faults.suspend",
+            "probes.programs",
+            "probes.raw_streams",
+            "real_processes",
+        }
     )
 
     def available(self) -> str | None:
@@ -153,6 +160,8 @@ class SimBackend:
             "faults.kill",
             "faults.partition",
             "faults.suspend",
+            "probes.programs",
+            "probes.raw_streams",
             "virtual_time",
             "deterministic",
         }

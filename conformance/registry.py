@@ -48,14 +48,17 @@ class ScenarioSpec:
 
     ``name`` is unique within a registry (module path below
     ``conformance.scenarios`` plus the function's qualified name),
-    ``behaviours`` the behaviour IDs it covers, in declaration order, and
-    ``needs`` the capabilities a backend must have to run it.
+    ``behaviours`` the behaviour IDs it covers, in declaration order,
+    ``needs`` the capabilities a backend must have to run it, and
+    ``min_timeout`` the seconds it is given at least, whatever the run's
+    timeout (one that waits out the 60 s worker timeout on virtual time).
     """
 
     name: str
     func: Scenario
     behaviours: tuple[str, ...]
     needs: tuple[str, ...]
+    min_timeout: float = 0.0
 
 
 class ScenarioImportError(Exception):
@@ -75,7 +78,10 @@ class Registry:
         self._scenarios: dict[str, ScenarioSpec] = {}
 
     def scenario(
-        self, *behaviour_ids: str, needs: tuple[str, ...] = ()
+        self,
+        *behaviour_ids: str,
+        needs: tuple[str, ...] = (),
+        min_timeout: float = 0.0,
     ) -> Callable[[S], S]:
         """Decorate an async scenario so it is registered here, unchanged."""
         if not behaviour_ids:
@@ -88,6 +94,10 @@ class Registry:
                 f"e.g. needs=({needs!r},)"
             )
         _check_names("needs", needs)
+        if isinstance(min_timeout, bool) or not isinstance(min_timeout, int | float):
+            raise TypeError(f"min_timeout={min_timeout!r} must be a number of seconds")
+        if not 0 <= min_timeout < float("inf"):
+            raise ValueError(f"min_timeout={min_timeout!r} must be finite and >= 0")
 
         def register(func: S) -> S:
             self.add(
@@ -96,6 +106,7 @@ class Registry:
                     func=func,
                     behaviours=tuple(behaviour_ids),
                     needs=tuple(needs),
+                    min_timeout=float(min_timeout),
                 )
             )
             return func
@@ -133,15 +144,19 @@ class Registry:
 DEFAULT = Registry()
 
 
-def scenario(*behaviour_ids: str, needs: tuple[str, ...] = ()) -> Callable[[S], S]:
+def scenario(
+    *behaviour_ids: str, needs: tuple[str, ...] = (), min_timeout: float = 0.0
+) -> Callable[[S], S]:
     """Register an ``async def name(d: DistributedAPI) -> None`` scenario.
 
     ``behaviour_ids`` are the IDs from ``spec/behaviours.toml`` that the
     scenario demonstrates (at least one); ``needs`` are the capabilities a
-    backend must offer for it to run.  The function is returned unchanged.
+    backend must offer for it to run; ``min_timeout`` raises the run's
+    timeout for this scenario to at least that many seconds.  The function
+    is returned unchanged.
     """
     # Looked up at call time so tests can swap in a fresh DEFAULT.
-    return DEFAULT.scenario(*behaviour_ids, needs=needs)
+    return DEFAULT.scenario(*behaviour_ids, needs=needs, min_timeout=min_timeout)
 
 
 def all_scenarios(package: str = SCENARIO_PACKAGE) -> tuple[ScenarioSpec, ...]:

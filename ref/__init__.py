@@ -27,7 +27,7 @@ from spec.api import (
     TopologyError,
 )
 
-from . import faults
+from . import faults, probes
 from ._api import (
     Cluster,
     Removal,
@@ -174,6 +174,7 @@ __all__ = [
     "nworkers",
     "open_cluster",
     "pmap",
+    "probes",
     "process_messages",
     "procs",
     "push",

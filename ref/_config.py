@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 
 DEFAULT_WORKER_TIMEOUT = 60.0
 TIMEOUT_VARIABLE = "DISTREF_WORKER_TIMEOUT"
@@ -12,9 +13,13 @@ TIMEOUT_VARIABLE = "DISTREF_WORKER_TIMEOUT"
 ADDRESS_PREFIX = "distref_worker:"
 
 
-def worker_timeout() -> float:
-    """Seconds every start-up wait may take (``DISTREF_WORKER_TIMEOUT``, 60)."""
-    raw = os.environ.get(TIMEOUT_VARIABLE)
+def worker_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds every start-up wait may take (``DISTREF_WORKER_TIMEOUT``, 60).
+
+    Read from ``environ``, by default this process's environment (a
+    simulated process has an environment of its own).
+    """
+    raw = (os.environ if environ is None else environ).get(TIMEOUT_VARIABLE)
     if raw is None or raw.strip() == "":
         return DEFAULT_WORKER_TIMEOUT
     try:

@@ -36,7 +36,7 @@ import trio
 
 from spec.api import LaunchError
 
-from ._seams import LaunchedWorker
+from ._seams import LaunchedWorker, Program
 from ._startup import (
     MAX_STARTUP_LINES,
     LineReader,
@@ -49,6 +49,7 @@ __all__ = [
     "MAX_STARTUP_LINES",
     "THREAD_VARIABLES",
     "LocalLauncher",
+    "LocalProgram",
     "LocalWorkerHandle",
     "worker_environment",
 ]
@@ -137,6 +138,37 @@ class LocalWorkerHandle:
             self.process.send_signal(signum)
 
 
+#: The module each ``Program`` kind runs as (``python -m <module>``).
+PROGRAM_MODULES = {"worker": "ref.worker", "elastic": "ref.elastic"}
+
+
+class LocalProgram:
+    """A ``Program`` running as a child process: its merged output, its exit."""
+
+    def __init__(self, process: trio.Process) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self._reader = LineReader(process.stdout)
+
+    @property
+    def ospid(self) -> int | None:
+        return self.process.pid
+
+    async def readline(self) -> str | None:
+        return await self._reader.readline()
+
+    async def wait(self) -> int:
+        code = await self.process.wait()
+        # Its stdin pipe is ours to close, as a launcher would on reaping.
+        if self.process.stdin is not None:
+            await self.process.stdin.aclose()
+        return code
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
 class LocalLauncher:
     """Starts workers as child processes of this one."""
 
@@ -189,6 +221,33 @@ class LocalLauncher:
             for _ in range(n):
                 group.start_soon(one)
         return started, failures
+
+    async def run_program(
+        self, program: Program, nursery: trio.Nursery
+    ) -> LocalProgram:
+        """Start ``program`` as ``<python> -m <module> <args>``, stdin a pipe.
+
+        Its stdout and stderr are merged for ``readline``; its stdin stays
+        open (a worker takes the end of its stdin for its launcher's end)
+        until it has exited.
+        """
+        command = [self.python, "-m", PROGRAM_MODULES[program.kind], *program.args]
+        env = worker_environment(
+            {**self.env, **program.environ}, threaded_blas=False, base=os.environ
+        )
+        process = await trio.lowlevel.open_process(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+        assert process.stdin is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await process.stdin.send_all(program.stdin.encode())
+        return LocalProgram(process)
 
     async def _launch_one(
         self, cookie: str, timeout: float, params: Mapping[str, Any]

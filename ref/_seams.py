@@ -127,6 +127,64 @@ class Launcher(Protocol):
         ...
 
 
+#: The programs a ``ProgramRunner`` can start: a worker that waits for its
+#: master to connect (``python -m ref.worker``) and one that dials the
+#: master's ElasticManager (``python -m ref.elastic HOST:PORT``).
+PROGRAMS = ("worker", "elastic")
+
+
+@dataclass(frozen=True)
+class Program:
+    """A distref program started by other means than ``addprocs``.
+
+    ``kind`` is one of ``PROGRAMS``; ``args`` its command-line arguments;
+    ``stdin`` what it finds on its standard input (which stays open while
+    it runs, as a launcher's pipe would); ``environ`` variables added to
+    its environment.
+    """
+
+    kind: str
+    args: tuple[str, ...] = ()
+    stdin: str = ""
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROGRAMS:
+            raise ValueError(
+                f"Program: kind={self.kind!r} is not one of {', '.join(PROGRAMS)}"
+            )
+
+
+class RunningProgram(Protocol):
+    """A started ``Program``: its output, its exit status, a way to stop it."""
+
+    @property
+    def ospid(self) -> int | None: ...
+
+    async def readline(self) -> str | None:
+        """Its next line of output (stdout and stderr), None once it ended."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until it has exited; its exit status."""
+        ...
+
+    def kill(self) -> None:
+        """Stop it at once (like kill -9) if it still runs."""
+        ...
+
+
+@runtime_checkable
+class ProgramRunner(Protocol):
+    """A launcher that can also start a ``Program`` on its own."""
+
+    async def run_program(
+        self, program: Program, nursery: trio.Nursery
+    ) -> RunningProgram:
+        """Start ``program``; its tasks, if any, run in ``nursery``."""
+        ...
+
+
 class TcpTransport:
     """Streams over TCP; listeners bind to the host given (loopback default)."""
 

@@ -24,6 +24,7 @@ import trio
 import ref
 from ref._context import set_current
 from ref._process import Process
+from ref._seams import Program
 from ref._worker import serve_worker
 
 from ._codec import TracingCodec
@@ -33,6 +34,7 @@ from ._launcher import SimLauncher, SimTransport
 from ._network import SIM_HOST, Network
 from ._node import Node
 from ._oracles import check_references
+from ._programs import SimProgram, host_program
 from ._run import Run, current_run
 
 log = logging.getLogger("sim")
@@ -63,6 +65,9 @@ class World:
         self.trace = run.trace
         self._nursery = nursery
         self._launch_rng = run.rng(f"cluster{index}.launch")
+        # Apart from launches, so that a scenario starting programs leaves
+        # the draws of its addprocs launches where they were.
+        self.program_rng = run.rng(f"cluster{index}.programs")
         self.nodes: list[Node] = []
         self.network = Network(
             config=config,
@@ -137,6 +142,16 @@ class World:
             self._host_worker, node, cookie, timeout, fail, delay, name=node.name
         )
         return node
+
+    def start_program(self, program: Program) -> SimProgram:
+        """Start ``program`` on a new node, as if by hand; returns at once."""
+        node = self.add_node()
+        running = SimProgram(self, node)
+        self.trace.event(
+            "program", node=node.name, program=program.kind, ospid=node.ospid
+        )
+        self._nursery.start_soon(host_program, self, program, running, name=node.name)
+        return running
 
     async def _host_worker(
         self, node: Node, cookie: str, timeout: float, fail: bool, delay: float

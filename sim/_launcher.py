@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ref._seams import LaunchedWorker, StreamHandler
+from ref._seams import LaunchedWorker, Program, StreamHandler
 from spec.api import LaunchError
 
 from ._network import Network, SimStream
@@ -24,6 +24,7 @@ from ._node import Node
 
 if TYPE_CHECKING:
     from ._cluster import World
+    from ._programs import SimProgram
 
 
 class SimTransport:
@@ -87,6 +88,15 @@ class SimLauncher:
     def __init__(self, world: World) -> None:
         self._world = world
         self._launches = 0
+
+    async def run_program(self, program: Program, nursery: trio.Nursery) -> SimProgram:
+        """Start ``program`` on a new node of the world (see ``sim._programs``).
+
+        The node lives in the world's nursery, like every simulated process.
+        """
+        running = self._world.start_program(program)
+        await trio.lowlevel.checkpoint()
+        return running
 
     async def launch(
         self,

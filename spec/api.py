@@ -33,7 +33,17 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
+
+if TYPE_CHECKING:
+    import trio
 
 T = TypeVar("T")
 
@@ -321,6 +331,106 @@ class Faults(Protocol):
         ...
 
 
+class RawListener(Protocol):
+    """A listening address that hands the connections made to it over raw.
+
+    What a process of the cluster sends there arrives as bytes, with no
+    handshake or framing done on this side (see ``Probes.listen``).
+    """
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``: what a ``WorkerConfig`` would name to reach it."""
+        ...
+
+    async def accept(self) -> trio.abc.HalfCloseableStream:
+        """The next connection made to this address, as a raw byte stream."""
+        ...
+
+
+class RunningProgram(Protocol):
+    """A worker program started by ``Probes.run_program``."""
+
+    async def readline(self) -> str | None:
+        """Its next line of output (stdout, then what it logs on stderr),
+        or None once it has ended."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until it has exited; its exit status."""
+        ...
+
+    def kill(self) -> None:
+        """Stop it at once, as ``kill -9`` would, if it still runs."""
+        ...
+
+
+class ElasticManagerAPI(ClusterManagerAPI, Protocol):
+    """A manager whose workers, started by any means, dial the master.
+
+    ``start()`` listens and returns ``(host, port)``, the address a worker
+    program of kind ``"elastic"`` is given as ``HOST:PORT``; ``active``
+    maps the pid of each worker that joined and is still a member to its
+    config; ``aclose()`` stops listening (joined workers stay).
+    """
+
+    active: Mapping[int, Any]
+
+    async def start(self) -> tuple[str, int]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Probes(Protocol):
+    """Raw byte streams into and out of a cluster, for wire-level scenarios.
+
+    They go through the same transport the backend's processes use (real
+    loopback TCP on ``ref``, simulated links on ``sim``), so a scenario can
+    speak the handshake to a process, or listen for what a process sends,
+    whatever the backend.  Master only; scenarios using them declare
+    ``needs=("probes.raw_streams",)``.
+    """
+
+    async def open_stream(self, pid: int) -> trio.abc.HalfCloseableStream:
+        """A new connection to the address worker ``pid`` listens on.
+
+        Nothing is sent on it: the caller speaks first, if at all.
+        """
+        ...
+
+    async def connect(self, host: str, port: int) -> trio.abc.HalfCloseableStream:
+        """A new raw connection to ``host:port`` (an ElasticManager, say)."""
+        ...
+
+    def listen(self) -> AbstractAsyncContextManager[RawListener]:
+        """Listen for connections from the cluster's processes for the block."""
+        ...
+
+    def run_program(
+        self,
+        kind: str,
+        *args: str,
+        stdin: str = "",
+        environ: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[RunningProgram]:
+        """Start a worker program by other means than ``addprocs``.
+
+        ``kind`` is ``"worker"`` (the program ``addprocs`` would start: it
+        listens, prints its address line and waits for a master) or
+        ``"elastic"`` (it dials the ``ElasticManager`` at its one argument,
+        ``HOST:PORT``).  It reads the cookie from the first line of
+        ``stdin`` and has ``environ`` added to its environment.  Leaving
+        the block kills it if it still runs.  Scenarios using it declare
+        ``needs=("probes.programs",)``.
+        """
+        ...
+
+    async def sever(self, pid: int) -> None:
+        """Break the master's link to worker ``pid`` without a word: to the
+        worker, its connection to pid 1 is lost."""
+        ...
+
+
 class WorkerPoolAPI(Protocol):
     """A set of worker pids handed out one caller at a time.
 
@@ -390,6 +500,8 @@ class DistributedAPI(Protocol):
 
     #: Fault injection (scenarios needing ``faults.kill`` use it).
     faults: Faults
+    #: Raw streams (scenarios needing ``probes.raw_streams`` use them).
+    probes: Probes
     #: The logger name on which the backend reports what it cannot raise.
     log_name: str
 
@@ -418,6 +530,12 @@ class DistributedAPI(Protocol):
         self, np: int | None = None, restrict: bool = True
     ) -> ClusterManagerAPI:
         """The manager behind ``addprocs(n)``: ``np`` workers on this host."""
+        ...
+
+    def ElasticManager(
+        self, addr: str = ..., port: int = ..., **options: Any
+    ) -> ElasticManagerAPI:
+        """A manager that workers started by any means dial (issue 6)."""
         ...
 
     def SSHManager(self, machines: Iterable[Any]) -> ClusterManagerAPI:

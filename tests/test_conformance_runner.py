@@ -240,6 +240,31 @@ def test_a_timeout_is_an_error(registry: Registry) -> None:
     assert "5 s" in result.detail
 
 
+def test_a_scenarios_min_timeout_raises_the_runs_timeout(registry: Registry) -> None:
+    @registry.scenario("b.one", min_timeout=100)
+    async def waits_long(d: DistributedAPI) -> None:
+        await trio.sleep(90)
+
+    @registry.scenario("b.two", min_timeout=100)
+    async def waits_too_long(d: DistributedAPI) -> None:
+        await trio.sleep(110)
+
+    behaviours = [FakeBehaviour("b.one"), FakeBehaviour("b.two")]
+    report = run_suite(behaviours, specs(registry), [FakeBackend("fake")], timeout=5)
+
+    assert one_result(report).status is Status.PASS
+    late = one_result(report, "b.two")
+    assert late.status is Status.ERROR and "100 s" in late.detail
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_a_min_timeout_must_be_finite_and_not_negative(
+    registry: Registry, bad: float
+) -> None:
+    with pytest.raises(ValueError, match="min_timeout"):
+        registry.scenario("b.one", min_timeout=bad)
+
+
 def test_a_group_of_assertions_is_a_fail_but_a_mixed_group_an_error(
     registry: Registry,
 ) -> None:
@@ -326,6 +351,45 @@ def test_a_missing_capability_skips_and_names_it(registry: Registry) -> None:
     assert lacking.runs == []
     assert one_result(report, backend="able").status is Status.PASS
     assert sorted(able.runs) == ["partitioned", "plain"]
+
+
+@dataclass(frozen=True)
+class BehaviourWithTests:
+    """A catalogue entry that also names pytest nodes checking it on ref."""
+
+    id: str
+    tests: tuple[str, ...]
+    not_implemented: frozenset[str] = frozenset()
+
+
+def test_refs_own_tests_decide_where_its_scenario_cannot_run(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scenario needing virtual time skips on ref; the named tests judge."""
+    asked: list[tuple[str, ...]] = []
+
+    def verify(self: object, nodes: tuple[str, ...]) -> tuple[bool, str]:
+        asked.append(tuple(nodes))
+        return False, "pytest tests/test_x.py::test_y: 1 failed"
+
+    monkeypatch.setattr("conformance.runner.PytestVerifier.verify", verify)
+
+    @registry.scenario("b.one", needs=("virtual_time",))
+    async def timed(d: DistributedAPI) -> None:
+        pass
+
+    ref = FakeBackend("ref")
+    other = FakeBackend("other")
+    simulated = FakeBackend("sim", frozenset({"virtual_time"}))
+    behaviour = BehaviourWithTests("b.one", ("tests/test_x.py::test_y",))
+    report = run_suite([behaviour], specs(registry), [ref, other, simulated])
+
+    # The verifier's verdict (a failure here) is the ref column's status.
+    assert one_result(report, backend="ref").status is Status.FAIL
+    assert asked == [("tests/test_x.py::test_y",)]
+    assert ref.runs == []
+    assert one_result(report, backend="other").status is Status.SKIP
+    assert one_result(report, backend="sim").status is Status.PASS
 
 
 def test_each_scenario_runs_once_per_backend_whatever_it_covers(

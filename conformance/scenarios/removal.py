@@ -4,9 +4,10 @@ What ``rmprocs`` accepts (pids one by one, in lists, pid 1, unknown pids),
 when it returns (after the workers terminated; at once with ``waitfor=0``;
 with ``RmprocsTimeoutError`` naming the stragglers), that removed pids leave
 every membership view, the master's at once and the other workers' soon,
-and that removal is quiet while an unexpected death is reported.  A worker
-whose connection to the master breaks must exit with status 1: the scenario
-reads that status as the worker's parent process, without reaping it.
+and that removal is quiet while an unexpected death is reported.  (A
+worker whose connection to the master breaks must exit with status 1: that
+is ``programs.py``'s, where the scenario starts the worker itself and so
+can read its exit status on any backend.)
 
 Some scenarios need a worker that is slow to leave, in one of two ways
 (a "hold"), each scenario body running once with each:
@@ -25,8 +26,6 @@ Some scenarios need a worker that is slow to leave, in one of two ways
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -37,7 +36,6 @@ from spec.api import DistributedAPI, RmprocsTimeoutError
 
 from ._probes import (
     PATIENCE,
-    Sockets,
     assert_exited,
     captured_log,
     eventually,
@@ -46,8 +44,6 @@ from ._probes import (
     ospid,
     process_has_exited,
     process_start_time,
-    sever_accepted_connections,
-    tcp_sockets,
     within,
 )
 
@@ -379,55 +375,3 @@ async def a_killed_worker_is_dropped_reported_and_its_pid_not_reused(
         f"the worker added after {victim} died got pid {newcomer}, not above "
         f"every earlier pid ({victim}, {survivor})"
     )
-
-
-def _wait_for_exit(ospid: int, statuses: list[tuple[int, int] | OSError]) -> None:
-    """Block until child ``ospid`` exits; record how, leaving it unreaped."""
-    try:
-        found = os.waitid(os.P_PID, ospid, os.WEXITED | os.WNOWAIT)
-    except OSError as exc:  # not our child, say
-        statuses.append(exc)
-    else:
-        if found is not None:
-            statuses.append((found.si_code, found.si_status))
-
-
-@scenario("workers.exit-when-master-lost", needs=("real_processes",))
-async def a_worker_whose_link_to_the_master_breaks_exits_with_status_one(
-    d: DistributedAPI,
-) -> None:
-    with within(PATIENCE, "addprocs(1)"):
-        [pid] = await d.addprocs(1)
-    child = await d.remotecall_fetch(ospid, pid)
-    found = Sockets(*await d.remotecall_fetch(tcp_sockets, pid))
-    assert len(found.accepted()) == 1, (
-        f"worker {pid} should hold exactly one accepted connection, the "
-        f"master's; it holds {found.connected}"
-    )
-
-    # The worker is this process's child: peek at its exit status without
-    # reaping it (WNOWAIT), from a thread started before it can exit.
-    statuses: list[tuple[int, int] | OSError] = []
-    waiter = threading.Thread(
-        target=_wait_for_exit, args=(child, statuses), daemon=True
-    )
-    waiter.start()
-    await d.remote_do(sever_accepted_connections, pid)
-    # Block this process (and so its own reaping of the child) until the
-    # worker exited, so that the status is still there to read.
-    waiter.join(PATIENCE)
-    assert statuses, f"worker {pid} did not exit within {PATIENCE:g} s of losing pid 1"
-    [outcome] = statuses
-    if isinstance(outcome, OSError):
-        raise RuntimeError(f"cannot watch worker {pid}'s OS process: {outcome}")
-    code, status = outcome
-    assert code == os.CLD_EXITED, (
-        f"worker {pid} did not exit normally after losing pid 1 (si_code {code}, "
-        f"status {status})"
-    )
-    assert status == 1, f"worker {pid} exited with status {status}, not 1"
-
-    async def dropped() -> bool:
-        return pid not in d.procs()
-
-    await eventually(dropped, f"the master still lists worker {pid}")

@@ -24,6 +24,7 @@ per batch of arrivals, so ``workers()`` grows as they come.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -140,13 +141,35 @@ class ElasticManager(ClusterManager):
     ) -> None:
         proc = current_process()
         with self._scope:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.addr)
-            port = int(listeners[0].socket.getsockname()[1])
             async with trio.open_nursery() as nursery:
-                for listener in listeners:
-                    nursery.start_soon(self._accept_loop, proc, listener)
+                if self.port:
+                    # A fixed port is a TCP notion the transport seam does
+                    # not offer: listen on it directly.
+                    listeners = await trio.open_tcp_listeners(self.port, host=self.addr)
+                    port = int(listeners[0].socket.getsockname()[1])
+                    for listener in listeners:
+                        nursery.start_soon(self._accept_loop, proc, listener)
+                else:
+                    # The master's own transport: TCP under ref, simulated
+                    # links under sim, where simulated workers dial in.
+                    _, port = await proc.transport.listen(
+                        self.addr, functools.partial(self._arrived_on, proc), nursery
+                    )
                 nursery.start_soon(self._join_arrivals)
                 task_status.started((self.addr, port))
+
+    async def _arrived_on(self, proc: Process, stream: trio.abc.Stream) -> None:
+        """Serve ``stream`` in a task of the master; return once it is done.
+
+        A transport may close a stream when its handler returns, or is
+        cancelled (TCP does): so the handler outlives the stream, shielded,
+        lest ``aclose`` cut off the workers that joined.  The master's task
+        always ends by closing the stream, so this wait ends too.
+        """
+        released = trio.Event()
+        proc.spawn(self._accept, stream, released)
+        with trio.CancelScope(shield=True):
+            await released.wait()
 
     async def _accept_loop(self, proc: Process, listener: trio.SocketListener) -> None:
         """Accept connections; each is served by a task of the master, so
@@ -154,10 +177,19 @@ class ElasticManager(ClusterManager):
         async with listener:
             while True:
                 stream = await listener.accept()
-                proc.spawn(self._accept, stream)
+                proc.spawn(self._accept, stream, trio.Event())
 
-    async def _accept(self, stream: trio.abc.Stream) -> None:
-        """Check a dialling worker's cookie; queue it, or refuse it."""
+    async def _accept(self, stream: trio.abc.Stream, released: trio.Event) -> None:
+        """Check a dialling worker's cookie; queue it, or refuse it.
+
+        ``released`` is set once the stream is closed, whatever happened.
+        """
+        try:
+            await self._check_and_hold(stream)
+        finally:
+            released.set()
+
+    async def _check_and_hold(self, stream: trio.abc.Stream) -> None:
         proc = self._proc or current_process()
         where = _peer_of(stream)
         wire = WireConnection(Role.ACCEPTOR, proc.cookie.encode("ascii"), proc.codec)
