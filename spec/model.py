@@ -64,8 +64,9 @@ Deliberate choices
 * Topologies: ``all_to_all`` (the default) and ``master_worker``, where a
   function on a worker that needs another worker fails with a
   RemoteException wrapping TopologyError.
-* ``interrupt(pids)``: each call running on those workers may be
-  interrupted (it fails with a RemoteException wrapping
+* ``interrupt(pids)``: the signal lands on each worker at some moment
+  after the call (it may be after it returned), and each call running
+  there may be interrupted (it fails with a RemoteException wrapping
   KeyboardInterrupt) or not (it had not arrived yet, or had finished); an
   idle worker is unaffected.  A channel request the interrupted function
   had sent may still take effect, like a dead worker's (below).
@@ -804,7 +805,10 @@ class Job:
     ``ghost``: ``on`` died after perhaps sending a request to a third
     process; the request may still take effect there, or may never.
     ``parked``: a ``PutInto`` an unbuffered channel that has put its item
-    and waits for a take of it.
+    and waits for a take of it.  ``release``: not a function but the
+    master's task behind ``remotecall(f, pool)``, which gives ``on`` back
+    to ``pool`` once Future ``release`` is done (set by the call or by a
+    put, or lost).
     """
 
     fn: Fn
@@ -815,6 +819,7 @@ class Job:
     pool: str | None = None
     ghost: bool = False
     parked: bool = False
+    release: str | None = None
 
 
 #: The user operations on a channel, and everything acting on one.
@@ -882,6 +887,7 @@ class Model:
     jobs: dict[int, Job] = field(default_factory=dict)
     next_job: int = 0
     left_at: dict[int, int] = field(default_factory=dict)
+    signals: frozenset[int] = frozenset()
     topology: Topology = "all_to_all"
     seen: set[Key] | None = None
 
@@ -932,6 +938,7 @@ class Model:
             jobs=dict(self.jobs),
             next_job=self.next_job,
             left_at=dict(self.left_at),
+            signals=self.signals,
             topology=self.topology,
             seen=self.seen,
         )
@@ -952,6 +959,7 @@ class Model:
             tuple(sorted(self.calls.items(), key=lambda item: item[0])),
             tuple(sorted(map(repr, self.jobs.values()))),
             tuple(sorted(self.left_at.items())),
+            tuple(sorted(self.signals)),
             self.topology,
         )
 
@@ -1051,6 +1059,10 @@ class Model:
             touched = None if ran else self._touch(getattr(job.fn, "ref", None))
             if touched is not None and (not job.ghost or optional):
                 yield f"job {jid} reaches the owner and waits", touched
+        for pid in sorted(self.signals):
+            if self._reach(pid) == "ok":
+                for nxt in self._signal(pid):
+                    yield f"the interrupt lands on {pid}", nxt
         for pid, state in sorted(self.procs.items()):
             if state in (WorkerState.DYING, WorkerState.REMOVING):
                 for nxt in self.clone()._lose(pid):
@@ -1245,26 +1257,36 @@ class Model:
         return m._lose(op.pid)
 
     def _op_interrupt(self, cid: int, op: Interrupt) -> list[Model]:
-        """Each call running on ``op.pids`` is interrupted, or was not reached.
+        """Send each of ``op.pids`` a signal; it lands later (``_signal``).
 
-        The interrupt travels apart from the calls (a signal), so a call may
-        not have arrived yet, or may have finished: either way it is
-        unaffected.  One that is hit fails with a RemoteException wrapping
-        KeyboardInterrupt; a channel request it had sent elsewhere may
-        still take effect (a ghost, as when its worker dies).
+        A pid that is not a current worker raises KeyError first.
         """
         handled = (WorkerState.RUNNING, WorkerState.DYING, WorkerState.REMOVING)
+        m = self.clone()
         for pid in op.pids:
             if pid == MASTER or self.state_of(pid) not in handled:
-                failed = self.clone()
-                failed._done(cid, Raised("KeyError"))
-                return [failed]
+                m._done(cid, Raised("KeyError"))
+                return [m]
+        m.signals = m.signals | frozenset(op.pids)
+        m._done(cid, Returned(None))
+        return [m]
+
+    def _signal(self, pid: int) -> list[Model]:
+        """The interrupt sent to ``pid`` lands: each call it runs may fail.
+
+        The signal travels apart from the calls and ``interrupt`` returns
+        once it is sent, so it lands at some moment after that (a move), and
+        a call may not have arrived yet, or may have finished: either way it
+        is unaffected.  One that is hit fails with a RemoteException wrapping
+        KeyboardInterrupt; a channel request it had sent elsewhere may still
+        take effect (a ghost, as when its worker dies).
+        """
         start = self.clone()
-        start._done(cid, Returned(None))
+        start.signals = self.signals - {pid}
         models = [start]
         for jid, job in sorted(self.jobs.items()):
-            if job.on not in op.pids or job.ghost or self._reach(job.on) != "ok":
-                continue
+            if job.on != pid or job.ghost or job.release is not None:
+                continue  # release: the master's task giving a member back
             nxt = []
             for m in models:
                 hit = m.clone()
@@ -1374,6 +1396,8 @@ class Model:
         return self._need(cid, op.pid, proceed)
 
     def _run_job(self, jid: int, job: Job) -> list[Model]:
+        if job.release is not None:
+            return self._release(jid, job)
         if self._reach(job.on) not in ("ok",) and not job.ghost:
             return []
         if job.ghost and self._record(_ghost_ref(job)).clients is ClientsState.FREED:
@@ -1399,6 +1423,16 @@ class Model:
                 m._deliver(job, result)
             results.append(m)
         return results
+
+    def _release(self, jid: int, job: Job) -> list[Model]:
+        """Give ``job.on`` back to its pool once Future ``job.release`` is done."""
+        assert job.pool is not None and job.release is not None
+        if self.futures[job.release].state is FutureState.UNSET:
+            return []
+        m = self.clone()
+        del m.jobs[jid]
+        m._pool_put(job.pool, job.on)
+        return [m]
 
     def _apply_fn(self, fn: Fn, on: int) -> list[tuple[Model, Outcome]]:
         """Run ``fn`` on ``on``; empty when it cannot run now (it waits)."""
@@ -1434,11 +1468,7 @@ class Model:
             if job.wait_reply and isinstance(result, Returned):
                 answer = Returned(("future", job.on))
             self._done(job.reply, answer, _remote(job.on))
-        if job.pool is not None and job.future is not None and job.reply is None:
-            # remotecall(f, pool): a task of the master waits for the Future
-            # and then gives the member back; that is a move of its own.
-            self._new_job(Job(Const(None), job.on, pool=job.pool))
-        elif job.pool is not None:
+        if job.pool is not None:
             self._pool_put(job.pool, job.on)
 
     def _future_complete(self, ref: str, result: Outcome) -> None:
@@ -1853,7 +1883,8 @@ class Model:
             elif isinstance(op, PoolRemoteCall):
                 m.futures[op.ref] = FutureRec(owner=got)
                 m._clients_event(op.ref, ClientsEvent.CREATE)
-                m._new_job(Job(op.fn, got, future=op.ref, pool=op.pool))
+                m._new_job(Job(op.fn, got, future=op.ref))
+                m._new_job(Job(Const(None), got, pool=op.pool, release=op.ref))
                 m._done(cid, Returned(("future", got)))
             else:
                 m._new_job(Job(op.fn, got, reply=cid, pool=op.pool))
@@ -1904,6 +1935,7 @@ class Model:
         """The master noticed that ``pid``'s link is gone (mutates a copy)."""
         m = self
         m._fire_worker(pid, WorkerEvent.LINK_LOST)
+        m.signals = m.signals - {pid}  # a signal to a dead process is lost
         # Workers started from now on never hear of pid (see _stranger).
         m.left_at[pid] = m.next_pid
         if pid in m.links:
@@ -2063,7 +2095,8 @@ def _map_outcome(
     sent to one fails with ProcessExitedException, unless a retry runs it
     on a survivor, or it finished there first (so ``MapMyId`` may name it).
     A failed element becomes ``on_error``'s value if there is a handler,
-    else pmap raises that element's error (any failed element's).
+    else pmap raises that element's error (any failed element's): wrapped
+    in a RemoteException from a worker, unwrapped after retries.
     """
     fn = op.fn
     survivors = [p for p in usable if p not in dying]
@@ -2082,9 +2115,10 @@ def _map_outcome(
             ok.add(x)
         if fails:
             ok.clear()
+            # Retries unwrap the RemoteException, as Julia's wrap_retry does.
             failures.append(
                 Raised("ValueError")
-                if local
+                if local or op.retries
                 else RaisedBy("RemoteException", frozenset(usable), "ValueError")
             )
         if may_die:

@@ -19,10 +19,10 @@ nested, and calls made inside functions on workers are the model's internal
 moves), and a call the model has no operation for is left out and counted.
 
 A simulator's faults become operations of their own, each answered at
-once: a crash is ``Crash(pid)``, an interrupt ``Interrupt((pid,))``, and a
-reset of a connection between the master and a worker (by a reset fault
-or a partition outlasting the keep-alive) a ``Crash`` of the worker, the
-first time.  Failed launches during an ``addprocs`` set its ``failed``
+once: a crash is ``Crash(pid)``, and so is a reset of a connection between
+the master and a worker (by a reset fault or a partition outlasting the
+keep-alive), the first time.  Kills and interrupts are API calls, recorded
+as such.  Failed launches during an ``addprocs`` set its ``failed``
 count (at least 1 when it raised LaunchError: a launch that was merely too
 slow is not marked in the trace).  A reset between two workers is not
 modelled, and raises ModelError.  A hang never resumed or a partition never
@@ -391,13 +391,11 @@ class _Faults:
     def _fault(self, record: Record) -> None:
         fault = record["fault"]
         pid = record.get("pid")
-        if record.get("skipped") or fault in ("kill", "slow", "slow_end"):
-            return  # kill: the API call is recorded; slowness is timing only
+        if record.get("skipped") or fault in _NOT_IN_HISTORY:
+            return
         if fault == "crash" and isinstance(pid, int):
             self.lost.add(pid)
             self._instant(m.Crash(pid))
-        elif fault == "interrupt" and isinstance(pid, int):
-            self._instant(m.Interrupt((pid,)))
         elif fault == "hang" and isinstance(pid, int):
             self.hung.add(pid)
         elif fault == "resume" and isinstance(pid, int):
@@ -436,6 +434,10 @@ class _Faults:
 
 
 _NONE = m.Returned(None)
+
+#: Faults that add nothing to the history: ``kill`` and ``interrupt`` come
+#: from API calls, recorded as such; slowness is timing only.
+_NOT_IN_HISTORY = frozenset({"kill", "interrupt", "slow", "slow_end"})
 
 
 def translate(records: Iterable[Record], *, module: str = "model_fns") -> Translation:

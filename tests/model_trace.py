@@ -103,7 +103,7 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
         for _ in range(steps):
             workers = live()
             targets = [1, *workers]
-            choice = rng.randrange(12)
+            choice = rng.randrange(15)
             if choice == 0 and len(workers) < 4:
                 await quietly(ref.addprocs, 1)
             elif choice == 1 and len(workers) >= 2:
@@ -126,7 +126,7 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
                 else:
                     spawn(api, f, target, *args)
             elif choice == 3:
-                capacity = rng.choice([1, 2, math.inf])
+                capacity = rng.choice([0, 1, 2, math.inf])
                 factory = functools.partial(ref.Channel, capacity)
                 channels.append(ref.RemoteChannel(factory, rng.choice(targets)))
             elif choice in (4, 5) and channels:
@@ -163,6 +163,26 @@ async def random_program(rng: random.Random, steps: int = 30) -> None:
             elif choice == 11:
                 items = list(range(rng.randrange(1, 4)))
                 await quietly(ref.pmap, functools.partial(fns.plus, 1), items)
+            elif choice == 12 and pools:
+                # remotecall on a pool: the member comes back when it is done.
+                pool = rng.choice(pools)
+                if await pool.isready():
+                    f, args = some_fn(2)
+                    with contextlib.suppress(Exception):
+                        futures.append(await ref.remotecall(f, pool, *args))
+            elif choice == 13 and workers:
+                await quietly(ref.interrupt, rng.choice(workers))
+            elif choice == 14:
+                items = list(range(rng.randrange(1, 4)))
+                mapped = rng.choice([functools.partial(fns.fail_on, 1), fns.map_my_id])
+                options: dict[str, Any] = rng.choice(
+                    [
+                        {"on_error": functools.partial(fns.const_on_error, -1)},
+                        {"retry_delays": [0.01]},
+                        {},
+                    ]
+                )
+                await quietly(functools.partial(ref.pmap, **options), mapped, items)
             await trio.sleep(0)
         await trio.sleep(1.0)
         nursery.cancel_scope.cancel()

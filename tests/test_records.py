@@ -108,18 +108,13 @@ def test_faults_become_operations_answered_at_once() -> None:
         ret(0, [2, 3, 4]),
         {"kind": "fault", "fault": "crash", "pid": 2},
         {"kind": "fault", "fault": "crash", "pid": 9, "skipped": True},
-        {"kind": "fault", "fault": "interrupt", "pid": 3},
+        {"kind": "fault", "fault": "interrupt", "pid": 3},  # so does this
         {"kind": "reset", "a": 4, "b": 1, "why": "fault"},
         {"kind": "reset", "a": 4, "b": 1, "why": "fault"},  # once is enough
         {"kind": "reset", "a": 3, "b": 2, "why": "reset by peer"},
         {"kind": "fault", "fault": "kill", "pid": 3},  # the API call says it
     )
-    assert ops(text) == [
-        m.AddProcs(3),
-        m.Crash(2),
-        m.Interrupt((3,)),
-        m.Crash(4),
-    ]
+    assert ops(text) == [m.AddProcs(3), m.Crash(2), m.Crash(4)]
 
 
 def test_a_failed_launch_counts_against_its_addprocs() -> None:
