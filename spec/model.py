@@ -887,7 +887,8 @@ class Model:
     jobs: dict[int, Job] = field(default_factory=dict)
     next_job: int = 0
     left_at: dict[int, int] = field(default_factory=dict)
-    signals: frozenset[int] = frozenset()
+    #: Interrupts sent and not yet landed, one pid per signal (sorted).
+    signals: tuple[int, ...] = ()
     topology: Topology = "all_to_all"
     seen: set[Key] | None = None
 
@@ -959,7 +960,7 @@ class Model:
             tuple(sorted(self.calls.items(), key=lambda item: item[0])),
             tuple(sorted(map(repr, self.jobs.values()))),
             tuple(sorted(self.left_at.items())),
-            tuple(sorted(self.signals)),
+            self.signals,
             self.topology,
         )
 
@@ -1059,7 +1060,7 @@ class Model:
             touched = None if ran else self._touch(getattr(job.fn, "ref", None))
             if touched is not None and (not job.ghost or optional):
                 yield f"job {jid} reaches the owner and waits", touched
-        for pid in sorted(self.signals):
+        for pid in sorted(set(self.signals)):
             if self._reach(pid) == "ok":
                 for nxt in self._signal(pid):
                     yield f"the interrupt lands on {pid}", nxt
@@ -1267,7 +1268,7 @@ class Model:
             if pid == MASTER or self.state_of(pid) not in handled:
                 m._done(cid, Raised("KeyError"))
                 return [m]
-        m.signals = m.signals | frozenset(op.pids)
+        m.signals = tuple(sorted((*m.signals, *op.pids)))
         m._done(cid, Returned(None))
         return [m]
 
@@ -1282,7 +1283,9 @@ class Model:
         take effect (a ghost, as when its worker dies).
         """
         start = self.clone()
-        start.signals = self.signals - {pid}
+        left = list(self.signals)
+        left.remove(pid)
+        start.signals = tuple(left)
         models = [start]
         for jid, job in sorted(self.jobs.items()):
             if job.on != pid or job.ghost or job.release is not None:
@@ -1935,7 +1938,8 @@ class Model:
         """The master noticed that ``pid``'s link is gone (mutates a copy)."""
         m = self
         m._fire_worker(pid, WorkerEvent.LINK_LOST)
-        m.signals = m.signals - {pid}  # a signal to a dead process is lost
+        # A signal to a dead process is lost.
+        m.signals = tuple(p for p in m.signals if p != pid)
         # Workers started from now on never hear of pid (see _stranger).
         m.left_at[pid] = m.next_pid
         if pid in m.links:

@@ -18,6 +18,7 @@ found, as strict xfails: they start passing (and fail the run) once fixed.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import model_fns as fns
 import model_mistakes
 import pytest
 import trio
@@ -40,6 +42,7 @@ import ref
 from ref._history import recording
 from spec import model as m
 from spec import records
+from spec.api import RemoteException
 from spec.refinement import Refuted
 
 SIM_SEEDS = int(os.environ.get("DISTREF_SIM_SEEDS", "150"))
@@ -146,6 +149,16 @@ def test_the_sim_trace_carries_the_same_history_as_a_recording(
         if r["kind"].startswith("api_")
     ]
     assert [r for r in stripped if r["call"] in ours] == recorded
+
+
+def test_a_trace_with_the_history_is_still_the_same_bytes_per_seed(
+    tmp_path: Path,
+) -> None:
+    """Pools, channels sized math.inf and reprs are written deterministically."""
+    first = run_on_sim(6, tmp_path / "a.jsonl").read_bytes()
+    second = run_on_sim(6, tmp_path / "b.jsonl").read_bytes()
+    assert b'"pool":0' in first and b'{"float":"inf"}' in first
+    assert first == second
 
 
 def test_the_command_line_prints_the_verdict_and_exits_nonzero_on_refutation(
@@ -259,3 +272,24 @@ def test_fetch_overtaken_by_own_put_answers() -> None:
 
     sim.run(main, seed=0)
     check_records(records)
+
+
+def test_master_worker_topology_is_checked_against_the_model() -> None:
+    """A worker that needs another worker raises TopologyError, as modelled."""
+    sim = _sim()
+    recorded: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async with sim.open_cluster():
+            with recording(recorded.append):
+                w2, w3 = await ref.addprocs(2, topology="master_worker")
+                chan = ref.RemoteChannel(functools.partial(ref.Channel, 1), w2)
+                with pytest.raises(RemoteException):
+                    await ref.remotecall_fetch(fns.put_into, w3, chan, 1)
+                await ref.remotecall_fetch(fns.put_into, w2, chan, 2)
+                assert await ref.take(chan) == 2
+
+    sim.run(main, seed=0)
+    records.check_records(recorded, topology="master_worker")
+    with pytest.raises(Refuted, match="TopologyError"):
+        records.check_records(recorded)  # all_to_all would have let it through
