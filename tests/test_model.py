@@ -711,7 +711,8 @@ def test_blocking_entries_do_not_change_state() -> None:
 
 def test_model_has_no_runtime_dependency() -> None:
     code = (
-        "import sys, spec.model, spec.refinement, spec.lifecycles, spec.diagrams; "
+        "import sys, spec.model, spec.refinement, spec.records, spec.lifecycles, "
+        "spec.diagrams; "
         "bad = [n for n in sys.modules if n.split('.')[0] in ('ref', 'sim', 'trio')]; "
         "assert not bad, bad"
     )
