@@ -14,13 +14,20 @@ its block and puts the originals back afterwards, so a name imported with
 ``from ref import fetch`` before the block is not recorded.
 
 Records are plain JSON data: ``{"kind": "api_call", "call": n, "pid": p,
-"api": name, "args": [...]}``, then ``{"kind": "api_return", "call": n,
-"value": ...}`` or ``{"kind": "api_raise", "call": n, "error": class name,
-"error_pid": pid or null, "inner": class name or null}``.  References are
-``{"ref": "future"|"channel", "where": w, "rrid": [whence, id]}``, functions
-``{"fn": "module.qualname", "args": [...]}`` (bound ``functools.partial``
-arguments included), pools ``{"pool": serial}``; anything else that is not
-JSON is its ``repr``.
+"api": name, "args": [...], "kwargs": {...}, "nested": bool}``, then
+``{"kind": "api_return", "call": n, "value": ...}`` or ``{"kind":
+"api_raise", "call": n, "error": class name, "error_pid": pid or null,
+"inner": class name or null}``.  References are ``{"ref": "future"|"channel",
+"where": w, "rrid": [whence, id]}``, functions ``{"fn": "module.qualname",
+"args": [...]}`` (bound ``functools.partial`` arguments included), pools
+``{"pool": serial}`` (numbered from 0 in the order the recording first saw
+them), infinities and NaN ``{"float": "inf"|"-inf"|"nan"}``; anything else
+is its ``repr`` with memory addresses blanked.  So the same run gives the
+same records, which the simulator's trace relies on: with a trace on, it
+writes them as events (``sim/_trace.py``).
+
+Recordings nest: a block opened inside another adds its sink to the active
+ones, so every sink sees the same calls with the same numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import contextvars
 import functools
 import inspect
 import itertools
+import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,6 +69,7 @@ RECORDED = (
     "pmap",
     "push",
     "default_worker_pool",
+    "interrupt",
 )
 
 #: Pool methods a recording wraps, recorded as "pool.<name>".
@@ -74,26 +84,56 @@ _inside: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "distref_recorded_call", default=None
 )
 
+#: A repr's memory address, which differs from run to run.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+class _Active:
+    """The recording in force: its sinks, call numbers and pool serials.
+
+    Pools are numbered in the order first seen, and kept alive until the
+    recording ends so that no later object can reuse a numbered one's id.
+    """
+
+    def __init__(self) -> None:
+        self.sinks: list[Sink] = []
+        self.counter = itertools.count()
+        self.pools: dict[int, tuple[int, object]] = {}
+
+    def emit(self, record: Record) -> None:
+        for sink in list(self.sinks):
+            sink(record)
+
+    def pool(self, pool: object) -> int:
+        entry = self.pools.setdefault(id(pool), (len(self.pools), pool))
+        return entry[0]
+
+
+_active: _Active | None = None
+
 
 def encode(value: object) -> Any:
     """``value`` as JSON data (see the module docstring)."""
     from . import _pools
     from ._refs import Future, RemoteChannel
 
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool | int | str):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
     if isinstance(value, list | tuple):
         return [encode(v) for v in value]
     if isinstance(value, Future | RemoteChannel):
         kind = "future" if isinstance(value, Future) else "channel"
         return {"ref": kind, "where": value.where, "rrid": list(value.rrid)}
     if isinstance(value, _pools.WorkerPool | _pools.PoolProxy):
-        return {"pool": id(value)}
+        serial = _active.pool(value) if _active is not None else id(value)
+        return {"pool": serial}
     if isinstance(value, functools.partial):
         return {"fn": _name(value.func), "args": [encode(a) for a in value.args]}
     if callable(value):
         return {"fn": _name(value), "args": []}
-    return {"repr": repr(value)}
+    return {"repr": _ADDRESS.sub("0x?", repr(value))}
 
 
 def _name(fn: object) -> str:
@@ -183,13 +223,34 @@ def _constructor(
 @contextmanager
 def recording(sink: Sink) -> Iterator[None]:
     """Report every public API call made during the block to ``sink``."""
+    global _active
+    if _active is not None:
+        # Already wrapped: wrapping again would make the outer recording
+        # see every call as nested inside the inner one's wrapper.
+        _active.sinks.append(sink)
+        try:
+            yield
+        finally:
+            _active.sinks.remove(sink)
+        return
+    active = _active = _Active()
+    active.sinks.append(sink)
+    try:
+        with _swapped(active.emit, active.counter):
+            yield
+    finally:
+        _active = None
+
+
+@contextmanager
+def _swapped(sink: Sink, counter: Iterator[int]) -> Iterator[None]:
+    """Recording wrappers in place of the API functions, for the block."""
     import ref
 
     from . import faults
     from ._pools import WorkerPool
     from ._refs import Future, RemoteChannel
 
-    counter = itertools.count()
     saved: list[tuple[object, str, object]] = []
 
     def swap(owner: object, name: str, replacement: object) -> None:

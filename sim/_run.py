@@ -24,11 +24,12 @@ drawing more, never shifts the draws of another.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import random
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ import trio
 import trio.testing
 
 from ref._context import peek_current
+from ref._history import recording
 
 from ._clock import SimClock
 from ._determinism import deterministic_scheduling
@@ -222,7 +224,8 @@ def simulate(
         if guards:
             guard.install()
         try:
-            return await _main_with_collector(run, main, guard, watchdog)
+            with _api_history(recorder):
+                return await _main_with_collector(run, main, guard, watchdog)
         finally:
             run.end_ns = now_ns()
             guard.uninstall()
@@ -262,6 +265,29 @@ def simulate(
         recorder,
         tuple(run.leak_checks),
     )
+
+
+@contextlib.contextmanager
+def _api_history(trace: Trace) -> Iterator[None]:
+    """With the trace on, record the run's API calls into it.
+
+    Every public API call (``ref._history.recording``) becomes an
+    ``api_call`` event, and its answer an ``api_return`` or ``api_raise``
+    one, so a trace file alone is enough to check the run against the model
+    (``python -m spec.refinement TRACE``).
+    """
+    if not trace.enabled:
+        yield
+        return
+
+    def sink(record: dict[str, object]) -> None:
+        fields = dict(record)
+        kind = fields.pop("kind")
+        assert isinstance(kind, str)
+        trace.event(kind, **fields)
+
+    with recording(sink):
+        yield
 
 
 async def _main_with_collector(

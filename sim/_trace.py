@@ -13,7 +13,12 @@ whatever ``PYTHONHASHSEED`` is; compare two runs with a digest.
 
 Event kinds: ``cluster``, ``launch``, ``listen``, ``connect``, ``send``,
 ``deliver``, ``drop``, ``eof``, ``reset``, ``fault``, ``call_start``,
-``call_end``, ``exit``, ``end``.
+``call_end``, ``exit``, ``end``, and the API-level history: ``api_call``
+(a public API function was called: the operation and its canonical
+arguments), then ``api_return`` (its canonical result) or ``api_raise``
+(the exception's class, the pid it names, the class it wraps), with the
+fields ``ref._history`` documents.  ``spec.records`` reads that history
+back and ``python -m spec.refinement TRACE`` checks it against the model.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import trio
 
 #: The name in every header; readers check it before anything else.
 FORMAT = "distref-sim-trace"
-#: Bumped whenever a field changes meaning or an event kind is renamed.
-FORMAT_VERSION = 1
+#: Bumped whenever a field changes meaning or an event kind is renamed
+#: (2: the API-level history, ``api_call``/``api_return``/``api_raise``).
+FORMAT_VERSION = 2
 
 _VERSIONED_PACKAGES = ("distref", "trio", "cloudpickle")
 

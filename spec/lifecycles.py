@@ -272,7 +272,10 @@ WORKER: Table[WorkerState, WorkerEvent] = Table(
         "state: REMOVED if rmprocs asked for it, DEAD otherwise (the master "
         "then reports 'Worker <pid> terminated.'). Pending calls to the pid "
         "fail with ProcessExitedException at that moment, and so does every "
-        "later call."
+        "later call. Whether a pending call's side effects happened is left "
+        "open: its function may have run before the death (its reply may "
+        "even have got out first), or not at all, and a request it sent to a "
+        "third process may still take effect there, or never."
     ),
     states=WorkerState,
     events=WorkerEvent,
@@ -438,7 +441,10 @@ CHANNEL: Table[ChannelState, ChannelEvent] = Table(
         "is full, a take or fetch while it is empty; when several wait, which "
         "one proceeds first is not specified. Closing wakes every waiter: "
         "waiting puts and takes raise InvalidStateError, buffered items can "
-        "still be taken, and a take on a closed, empty channel raises. The "
+        "still be taken, and a take on a closed, empty channel raises. An "
+        "unbuffered channel (capacity 0) holds the one item whose put waits: "
+        "it is FULL from that put until a take has the item, which is when "
+        "the put returns (closing it first makes that put raise). The "
         "event names say what the model saw in the data: PUT leaves room, "
         "PUT_FILL fills the buffer, TAKE_LAST empties it."
     ),
@@ -460,7 +466,9 @@ CHANNEL: Table[ChannelState, ChannelEvent] = Table(
         (_K.PARTIAL, _KE.CLOSE): go(_K.CLOSED),
         (_K.FULL, _KE.PUT): go(_K.FULL, blocks=True),
         (_K.FULL, _KE.TAKE): go(_K.PARTIAL),
-        (_K.FULL, _KE.TAKE_LAST): go(_K.EMPTY, why="capacity 1"),
+        (_K.FULL, _KE.TAKE_LAST): go(
+            _K.EMPTY, why="capacity 1, or 0: the waiting put returns"
+        ),
         (_K.FULL, _KE.FETCH): go(_K.FULL),
         (_K.FULL, _KE.CLOSE): go(_K.CLOSED, why="waiting puts raise"),
         (_K.CLOSED, _KE.PUT): go(_K.CLOSED, raises="InvalidStateError"),

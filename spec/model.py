@@ -56,9 +56,42 @@ Deliberate choices
 * A worker's ghost request on a channel owned by a third process may or may
   not take effect (Julia: it does; distref's field reports BR-13/BR-15 ask
   that it never does); the model admits both until that is settled.
-* Not modelled: unbuffered channels (capacity 0), launch failures, worker
-  to worker calls made by user code other than through ``Fn``, topologies
-  other than the default, interrupts, batches and retries of pmap.
+* Unbuffered channels (capacity 0) behave as distref's do: the item a
+  ``put`` hands over sits in the channel (``isready`` and ``fetch`` see
+  it) while its putter waits, and the put returns only when a ``take``
+  has it; closing the channel first makes the waiting put raise
+  InvalidStateError (the item stays, and can still be taken).
+* Topologies: ``all_to_all`` (the default) and ``master_worker``, where a
+  function on a worker that needs another worker fails with a
+  RemoteException wrapping TopologyError.
+* ``interrupt(pids)``: the signal lands on each worker at some moment
+  after the call (it may be after it returned), and each call running
+  there may be interrupted (it fails with a RemoteException wrapping
+  KeyboardInterrupt) or not (it had not arrived yet, or had finished); an
+  idle worker is unaffected.  A channel request the interrupted function
+  had sent may still take effect, like a dead worker's (below).
+* ``pmap`` with ``on_error`` (a handler returning a constant) and retries
+  (how many retry delays): its answer is one of a set, see ``_map_outcome``.
+* Not modelled: launch failures other than ``AddProcs.failed``, worker to
+  worker calls made by user code other than through ``Fn``, the ``custom``
+  topology, batches of pmap (``batch_size`` > 1), ``retry_check``.
+
+A worker that dies with a call pending
+--------------------------------------
+
+When a worker dies while a call to it is pending (``remotecall_fetch``,
+``remotecall_wait``, a ``fetch`` of a Future it owns, a pool call on it),
+the call raises ProcessExitedException naming the worker, and the call's
+side effects **may or may not** have taken effect: the model admits both.
+It does so with moves, not a special case: the function may have run
+before the death (its effects happened, and its reply may have got out
+first, so the call may even return normally), or not at all (no effect);
+and a request the function had sent to a third process (a ``put`` into a
+channel owned by the master) becomes a *ghost* that may still take effect
+there later, or never.  ``spec.refinement`` therefore accepts a history
+in which the effect is seen and one in which it is not, and refutes a
+call that answers anything but ProcessExitedException (or the function's
+own answer, had it got out).  docs/julia-mapping.md states the same rule.
 """
 
 from __future__ import annotations
@@ -98,6 +131,7 @@ from .lifecycles import (
 __all__ = [
     "MASTER",
     "AddProcs",
+    "AnyOf",
     "Call",
     "Clients",
     "Close",
@@ -113,6 +147,7 @@ __all__ = [
     "Fn",
     "Forward",
     "Handshake",
+    "Interrupt",
     "IsEmpty",
     "IsOpen",
     "IsReady",
@@ -136,6 +171,7 @@ __all__ = [
     "PoolLength",
     "PoolPush",
     "PoolPut",
+    "PoolRemoteCall",
     "PoolTake",
     "PoolWorkers",
     "Procs",
@@ -152,6 +188,7 @@ __all__ = [
     "Sleep",
     "Take",
     "TakeFrom",
+    "Topology",
     "TransitionError",
     "Value",
     "Wait",
@@ -210,12 +247,33 @@ class RaisedBy:
     inner: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Any response one of ``options`` allows (a set of allowed outcomes)."""
+
+    options: tuple[Returned | Raised | Elementwise | RaisedBy, ...]
+
+
 #: What the model expects of a response: an exact outcome or a pattern.
-Expect: TypeAlias = Returned | Raised | Elementwise | RaisedBy
+Expect: TypeAlias = Returned | Raised | Elementwise | RaisedBy | AnyOf
+
+
+def any_of(options: Iterable[Expect]) -> Expect:
+    """The expectation allowing each of ``options`` (flattened, deduplicated)."""
+    flat: list[Returned | Raised | Elementwise | RaisedBy] = []
+    for option in options:
+        for one in option.options if isinstance(option, AnyOf) else (option,):
+            if one not in flat:
+                flat.append(one)
+    if not flat:
+        raise ModelError("an expectation needs at least one allowed outcome")
+    return flat[0] if len(flat) == 1 else AnyOf(tuple(flat))
 
 
 def admits(expect: Expect, observed: Outcome) -> bool:
     """Whether ``observed`` is a response ``expect`` allows."""
+    if isinstance(expect, AnyOf):
+        return any(admits(option, observed) for option in expect.options)
     if isinstance(expect, Returned | Raised):
         return expect == observed
     if isinstance(expect, RaisedBy):
@@ -316,8 +374,10 @@ class AddProcs:
     """``addprocs(n)``: returns the sorted new pids.
 
     With ``failed`` > 0, that many of the launched workers never join (any
-    of them): their pids are used up, and the call raises LaunchError after
-    the others joined.
+    of them), and the call raises LaunchError after the others joined.  A
+    failed worker's pid is used up if the master had started setting it up
+    (it connected, then did not join in time), and never allocated if the
+    manager did not report it in time: the model admits both.
     """
 
     n: int
@@ -355,6 +415,17 @@ class Disconnect:
     """The link to ``pid`` breaks (a reset); the master notices at once."""
 
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """``interrupt(*pids)``: returns None; running calls there may fail.
+
+    A pid that is not a current worker raises KeyError before anything is
+    interrupted.
+    """
+
+    pids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,15 +644,33 @@ class PoolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolRemoteCall:
+    """``remotecall(fn, pool)``: take a member, start the call, name it ``ref``.
+
+    Returns ``("future", pid)`` for the member taken; the member goes back
+    to the pool when the Future is done (or its worker died).
+    """
+
+    pool: str
+    fn: Fn
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
 class PMap:
     """``pmap(fn, items[, pool])``: a tuple of results in input order.
 
     Without ``pool``, a fresh CachingPool of ``workers()`` for this call.
+    ``on_error``: the handler returns this constant for a failed element
+    (instead of pmap raising).  ``retries``: how many retry delays; an
+    element whose worker died is tried again on another.
     """
 
     fn: MapFn
     items: tuple[int, ...]
     pool: str | None = None
+    on_error: Const | None = None
+    retries: int = 0
 
 
 #: Every user operation the model knows.
@@ -620,8 +709,13 @@ Op: TypeAlias = (
     | PoolIsReady
     | PoolWorkers
     | PoolCall
+    | PoolRemoteCall
     | PMap
+    | Interrupt
 )
+
+#: How workers connect to each other (``addprocs(topology=...)``).
+Topology: TypeAlias = Literal["all_to_all", "master_worker"]
 
 
 # ----------------------------------------------------------------- records
@@ -710,6 +804,11 @@ class Job:
 
     ``ghost``: ``on`` died after perhaps sending a request to a third
     process; the request may still take effect there, or may never.
+    ``parked``: a ``PutInto`` an unbuffered channel that has put its item
+    and waits for a take of it.  ``release``: not a function but the
+    master's task behind ``remotecall(f, pool)``, which gives ``on`` back
+    to ``pool`` once Future ``release`` is done (set by the call or by a
+    put, or lost).
     """
 
     fn: Fn
@@ -719,6 +818,8 @@ class Job:
     wait_reply: bool = False
     pool: str | None = None
     ghost: bool = False
+    parked: bool = False
+    release: str | None = None
 
 
 #: The user operations on a channel, and everything acting on one.
@@ -739,7 +840,8 @@ def _channel_effect(
     owner = ("channel", rec.owner)
     is_open = rec.state in (ChannelState.EMPTY, ChannelState.PARTIAL)
     if isinstance(op, Put | PutInto):
-        fills = rec.capacity is not None and len(items) + 1 == rec.capacity
+        # Capacity 0 holds the one item whose putter waits for a take.
+        fills = rec.capacity is not None and len(items) + 1 == max(rec.capacity, 1)
         event = ChannelEvent.PUT_FILL if is_open and fills else ChannelEvent.PUT
         return event, owner if isinstance(op, Put) else None, (*items, op.value)
     if isinstance(op, Take | TakeFrom):
@@ -785,6 +887,9 @@ class Model:
     jobs: dict[int, Job] = field(default_factory=dict)
     next_job: int = 0
     left_at: dict[int, int] = field(default_factory=dict)
+    #: Interrupts sent and not yet landed, one pid per signal (sorted).
+    signals: tuple[int, ...] = ()
+    topology: Topology = "all_to_all"
     seen: set[Key] | None = None
 
     @classmethod
@@ -794,11 +899,17 @@ class Model:
         *,
         next_pid: int | None = None,
         default_pool: bool = True,
+        topology: Topology = "all_to_all",
         seen: set[Key] | None = None,
     ) -> Model:
         """The model of a cluster whose ``workers`` are running."""
+        if topology not in ("all_to_all", "master_worker"):
+            raise ModelError(
+                f"topology={topology!r} is not modelled; use 'all_to_all' or "
+                "'master_worker'"
+            )
         pids = sorted(workers)
-        model = cls(seen=seen)
+        model = cls(seen=seen, topology=topology)
         model.next_pid = next_pid if next_pid is not None else max([1, *pids]) + 1
         if any(p <= MASTER or p >= model.next_pid for p in pids):
             raise ModelError(f"workers {pids} must lie in 2..{model.next_pid - 1}")
@@ -828,6 +939,8 @@ class Model:
             jobs=dict(self.jobs),
             next_job=self.next_job,
             left_at=dict(self.left_at),
+            signals=self.signals,
+            topology=self.topology,
             seen=self.seen,
         )
 
@@ -847,6 +960,8 @@ class Model:
             tuple(sorted(self.calls.items(), key=lambda item: item[0])),
             tuple(sorted(map(repr, self.jobs.values()))),
             tuple(sorted(self.left_at.items())),
+            self.signals,
+            self.topology,
         )
 
     def _fire_worker(self, pid: int, event: WorkerEvent) -> str | None:
@@ -935,6 +1050,8 @@ class Model:
                 if touched is not None:
                     yield f"call {cid} reaches the owner and waits", touched
         for jid, job in sorted(self.jobs.items()):
+            if job.parked:
+                continue  # a take of its item moves it (_release_putter)
             if (job.ghost or self._stranger(job)) and not optional:
                 continue
             ran = self._run_job(jid, job)
@@ -943,6 +1060,10 @@ class Model:
             touched = None if ran else self._touch(getattr(job.fn, "ref", None))
             if touched is not None and (not job.ghost or optional):
                 yield f"job {jid} reaches the owner and waits", touched
+        for pid in sorted(set(self.signals)):
+            if self._reach(pid) == "ok":
+                for nxt in self._signal(pid):
+                    yield f"the interrupt lands on {pid}", nxt
         for pid, state in sorted(self.procs.items()):
             if state in (WorkerState.DYING, WorkerState.REMOVING):
                 for nxt in self.clone()._lose(pid):
@@ -998,6 +1119,8 @@ class Model:
             return self._op_kill(cid, op)
         if isinstance(op, Disconnect):
             return self._op_disconnect(cid, op)
+        if isinstance(op, Interrupt):
+            return self._op_interrupt(cid, op)
         if isinstance(op, Procs | Workers | NProcs | NWorkers):
             return self._op_query(cid, op)
         if isinstance(op, RemoteCall | RemoteCallFetch | RemoteCallWait | RemoteDo):
@@ -1027,6 +1150,7 @@ class Model:
         | PoolIsReady
         | PoolWorkers
         | PoolCall
+        | PoolRemoteCall
         | PMap,
     ) -> list[Model]:
         if isinstance(op, NewPool):
@@ -1037,7 +1161,7 @@ class Model:
             return self._op_pool_change(cid, op)
         if isinstance(op, PoolLength | PoolIsReady | PoolWorkers):
             return self._op_pool_query(cid, op)
-        if isinstance(op, PoolCall):
+        if isinstance(op, PoolCall | PoolRemoteCall):
             return self._op_pool_call(cid, op)
         return self._op_pmap(cid, op)
 
@@ -1059,11 +1183,19 @@ class Model:
     # process group
 
     def _op_addprocs(self, cid: int, op: AddProcs) -> list[Model]:
-        pids = tuple(range(self.next_pid, self.next_pid + op.n))
         results = []
-        for failed in itertools.combinations(pids, op.failed):
+        for allocated in range(op.failed + 1):
+            # Failed launches never set up took no pid.
+            results += self._addprocs(cid, op.n - op.failed + allocated, allocated)
+        return results
+
+    def _addprocs(self, cid: int, n: int, failures: int) -> list[Model]:
+        """``n`` pids set up, of which ``failures`` (any of them) never join."""
+        pids = tuple(range(self.next_pid, self.next_pid + n))
+        results = []
+        for failed in itertools.combinations(pids, failures):
             m = self.clone()
-            m.next_pid += op.n
+            m.next_pid += n
             joined = tuple(p for p in pids if p not in failed)
             for pid in pids:
                 m.procs[pid] = WorkerState.CREATED
@@ -1079,9 +1211,15 @@ class Model:
             if "default" in m.pools and joined:
                 # Workers join concurrently, so their order in the queue is open.
                 m._pool_push_all("default", joined)
-            m._done(cid, Raised("LaunchError") if failed else Returned(joined))
+            launch_failed = failed or len(pids) < self._invoked_n(cid)
+            m._done(cid, Raised("LaunchError") if launch_failed else Returned(joined))
             results.append(m)
         return results
+
+    def _invoked_n(self, cid: int) -> int:
+        op = self.calls[cid].op
+        assert isinstance(op, AddProcs)
+        return op.n
 
     def _op_rmprocs(self, cid: int, op: RmProcs) -> list[Model]:
         models = [self.clone()]
@@ -1118,6 +1256,57 @@ class Model:
         if isinstance(op, Crash) or m.procs[op.pid] is not WorkerState.DYING:
             return [m]
         return m._lose(op.pid)
+
+    def _op_interrupt(self, cid: int, op: Interrupt) -> list[Model]:
+        """Send each of ``op.pids`` a signal; it lands later (``_signal``).
+
+        A pid that is not a current worker raises KeyError first.
+        """
+        handled = (WorkerState.RUNNING, WorkerState.DYING, WorkerState.REMOVING)
+        m = self.clone()
+        for pid in op.pids:
+            if pid == MASTER or self.state_of(pid) not in handled:
+                m._done(cid, Raised("KeyError"))
+                return [m]
+        m.signals = tuple(sorted((*m.signals, *op.pids)))
+        m._done(cid, Returned(None))
+        return [m]
+
+    def _signal(self, pid: int) -> list[Model]:
+        """The interrupt sent to ``pid`` lands: each call it runs may fail.
+
+        The signal travels apart from the calls and ``interrupt`` returns
+        once it is sent, so it lands at some moment after that (a move), and
+        a call may not have arrived yet, or may have finished: either way it
+        is unaffected.  One that is hit fails with a RemoteException wrapping
+        KeyboardInterrupt; a channel request it had sent elsewhere may still
+        take effect (a ghost, as when its worker dies).
+        """
+        start = self.clone()
+        left = list(self.signals)
+        left.remove(pid)
+        start.signals = tuple(left)
+        models = [start]
+        for jid, job in sorted(self.jobs.items()):
+            if job.on != pid or job.ghost or job.release is not None:
+                continue  # release: the master's task giving a member back
+            nxt = []
+            for m in models:
+                hit = m.clone()
+                hit._interrupt_job(jid, job)
+                nxt += [m, hit]
+            models = nxt
+        return models
+
+    def _interrupt_job(self, jid: int, job: Job) -> None:
+        self._end_job(jid)
+        fn = job.fn
+        elsewhere = isinstance(fn, TakeFrom | PutInto) and (
+            self.channels[fn.ref].owner != job.on
+        )
+        if elsewhere and not job.parked:
+            self.jobs[jid] = Job(fn, job.on, ghost=True)
+        self._deliver(job, Raised("RemoteException", job.on, "KeyboardInterrupt"))
 
     def _op_query(
         self, cid: int, op: Procs | Workers | NProcs | NWorkers
@@ -1210,6 +1399,8 @@ class Model:
         return self._need(cid, op.pid, proceed)
 
     def _run_job(self, jid: int, job: Job) -> list[Model]:
+        if job.release is not None:
+            return self._release(jid, job)
         if self._reach(job.on) not in ("ok",) and not job.ghost:
             return []
         if job.ghost and self._record(_ghost_ref(job)).clients is ClientsState.FREED:
@@ -1219,11 +1410,32 @@ class Model:
             return [gone]
         results = []
         for m, result in self.clone()._apply_fn(job.fn, job.on):
+            fn = job.fn
+            if (
+                isinstance(fn, PutInto)
+                and isinstance(result, Returned)
+                and not job.ghost
+                and m.channels[fn.ref].capacity == 0
+            ):
+                # The item is in; the put returns when a take has it.
+                m.jobs[jid] = replace(job, parked=True)
+                results.append(m)
+                continue
             m._end_job(jid)
             if not job.ghost:
                 m._deliver(job, result)
             results.append(m)
         return results
+
+    def _release(self, jid: int, job: Job) -> list[Model]:
+        """Give ``job.on`` back to its pool once Future ``job.release`` is done."""
+        assert job.pool is not None and job.release is not None
+        if self.futures[job.release].state is FutureState.UNSET:
+            return []
+        m = self.clone()
+        del m.jobs[jid]
+        m._pool_put(job.pool, job.on)
+        return [m]
 
     def _apply_fn(self, fn: Fn, on: int) -> list[tuple[Model, Outcome]]:
         """Run ``fn`` on ``on``; empty when it cannot run now (it waits)."""
@@ -1236,6 +1448,9 @@ class Model:
         if isinstance(fn, Sleep):
             return []
         owner = self.channels[fn.ref].owner
+        if self.topology == "master_worker" and MASTER != on != owner != MASTER:
+            # Workers have no links to each other in this topology.
+            return [(self, Raised("RemoteException", on, "TopologyError"))]
         gave_up = (self, _raised_in(Raised("DistributedError"), on))
         if on != MASTER and on != owner and on >= self.left_at.get(owner, on + 1):
             return [gave_up]
@@ -1275,8 +1490,8 @@ class Model:
             m.futures[op.ref] = FutureRec(owner=op.pid)
             kind = "future"
         else:
-            if op.capacity is not None and op.capacity < 1:
-                raise ModelError(f"{op}: unbuffered channels are not modelled")
+            if op.capacity is not None and op.capacity < 0:
+                raise ModelError(f"{op}: capacity must be >= 0 or None")
             m.channels[op.ref] = ChannelRec(owner=op.pid, capacity=op.capacity)
             kind = "channel"
         if m._reach(op.pid) == "gone":
@@ -1412,7 +1627,32 @@ class Model:
         m.channels[op.ref] = replace(
             m.channels[op.ref], state=transition.target, items=items
         )
+        if rec.capacity == 0 and rec.items and not items:
+            m._release_putter(op.ref, None)  # a take has the item
+        elif rec.capacity == 0 and event is ChannelEvent.CLOSE and rec.items:
+            m._release_putter(op.ref, Raised("InvalidStateError"))
         return [(m, Returned(answer))]
+
+    def _release_putter(self, ref: str, failure: Raised | None) -> None:
+        """The put waiting on unbuffered ``ref`` returns, or raises ``failure``.
+
+        There is at most one: its item is the one the channel holds.
+        """
+        owner = self.channels[ref].owner
+        for cid, call in sorted(self.calls.items()):
+            op = call.op
+            if call.status == "running" and isinstance(op, Put) and op.ref == ref:
+                done: Outcome = Returned(("channel", owner))
+                if failure is not None:
+                    done = _wrap(failure, owner, MASTER)
+                self._done(cid, done, _remote(owner))
+        for jid, job in sorted(self.jobs.items()):
+            if job.parked and isinstance(job.fn, PutInto) and job.fn.ref == ref:
+                self._end_job(jid)
+                result: Outcome = Returned(None)
+                if failure is not None:
+                    result = _raised_in(_wrap(failure, owner, job.on), job.on)
+                self._deliver(job, result)
 
     def _op_channel(self, cid: int, op: ChannelUserOp) -> list[Model]:
         rec = self.channels[op.ref]
@@ -1423,6 +1663,10 @@ class Model:
         results = []
         for m, outcome in self._channel_op(op, MASTER):
             m._done(cid, outcome, _remote(rec.owner))
+            unbuffered = isinstance(op, Put) and rec.capacity == 0
+            if unbuffered and isinstance(outcome, Returned):
+                # Unbuffered: the put waits until a take has its item.
+                m.calls[cid] = replace(m.calls[cid], status="running", outcome=None)
             results.append(m)
         return results
 
@@ -1634,11 +1878,17 @@ class Model:
             results.append(m)
         return results
 
-    def _op_pool_call(self, cid: int, op: PoolCall) -> list[Model]:
+    def _op_pool_call(self, cid: int, op: PoolCall | PoolRemoteCall) -> list[Model]:
         results = []
         for m, got in self._take(op.pool):
             if isinstance(got, Raised):
                 m._done(cid, got)
+            elif isinstance(op, PoolRemoteCall):
+                m.futures[op.ref] = FutureRec(owner=got)
+                m._clients_event(op.ref, ClientsEvent.CREATE)
+                m._new_job(Job(op.fn, got, future=op.ref))
+                m._new_job(Job(Const(None), got, pool=op.pool, release=op.ref))
+                m._done(cid, Returned(("future", got)))
             else:
                 m._new_job(Job(op.fn, got, reply=cid, pool=op.pool))
                 m.calls[cid] = replace(
@@ -1654,7 +1904,10 @@ class Model:
             for pids in choices:
                 m = self.clone()
                 usable = [p for p in pids if p != MASTER] or [MASTER]
-                m._done(cid, _map_outcome(op, usable, local=usable == [MASTER]))
+                outcome = _map_outcome(
+                    op, usable, local=usable == [MASTER], dying=self._dying(usable)
+                )
+                m._done(cid, outcome)
                 results.append(m)
             return results
         results = []
@@ -1665,12 +1918,19 @@ class Model:
             if busy:
                 raise ModelError("pmap over a pool with busy members is not modelled")
             # A pool without a live member runs the map on the caller.
-            m._done(cid, _map_outcome(op, live or [MASTER], local=not live))
+            outcome = _map_outcome(
+                op, live or [MASTER], local=not live, dying=self._dying(live)
+            )
+            m._done(cid, outcome)
             if live:
                 # Every member was taken and given back, in an open order.
                 m.pools[op.pool] = replace(pool, free=(frozenset(live),))
             results.append(m)
         return results
+
+    def _dying(self, pids: Iterable[int]) -> frozenset[int]:
+        """Those of ``pids`` killed and not yet noticed by the master."""
+        return frozenset(p for p in pids if self.state_of(p) is WorkerState.DYING)
 
     # ------------------------------------------------------------ deaths
 
@@ -1678,12 +1938,21 @@ class Model:
         """The master noticed that ``pid``'s link is gone (mutates a copy)."""
         m = self
         m._fire_worker(pid, WorkerEvent.LINK_LOST)
+        # A signal to a dead process is lost.
+        m.signals = tuple(p for p in m.signals if p != pid)
         # Workers started from now on never hear of pid (see _stranger).
         m.left_at[pid] = m.next_pid
         if pid in m.links:
             m._fire_link(pid, LinkEvent.EOF)
 
         for jid, job in sorted(m.jobs.items()):
+            if job.parked and job.on != pid:
+                assert isinstance(job.fn, PutInto)
+                if m.channels[job.fn.ref].owner == pid:
+                    # The channel went with pid: the waiting put fails.
+                    m._end_job(jid)
+                    m._deliver(job, _raised_in(_pee(pid), job.on))
+                continue
             if job.on != pid:
                 continue
             if job.pool is not None:
@@ -1692,11 +1961,12 @@ class Model:
             nested = isinstance(job.fn, TakeFrom | PutInto) and (
                 m.channels[job.fn.ref].owner != pid
             )
-            if nested:
+            if job.parked:
+                m._end_job(jid, died=True)  # its item is in; nobody waits
+            elif nested:
                 # The owner lives on: the holder died, its request may not.
                 m._end_job(jid, died=True)
-                if not job.ghost:
-                    m.jobs[jid] = Job(job.fn, job.on, ghost=True)
+                m.jobs[jid] = Job(job.fn, job.on, ghost=True)
             else:
                 del m.jobs[jid]  # no reference, or one that dies with pid
 
@@ -1743,7 +2013,7 @@ class Model:
             expected = {
                 ChannelState.EMPTY: n == 0,
                 ChannelState.PARTIAL: n > 0 and (cap is None or n < cap),
-                ChannelState.FULL: cap is not None and n == cap,
+                ChannelState.FULL: cap is not None and n == max(cap, 1),
                 ChannelState.CLOSED: n > 0,
                 ChannelState.DRAINED: n == 0,
                 ChannelState.LOST: True,
@@ -1819,18 +2089,59 @@ def _wrap(failure: Raised, owner: int, by: int) -> Raised:
     return Raised("RemoteException", owner, failure.error)
 
 
-def _map_outcome(op: PMap, usable: list[int], *, local: bool) -> Expect:
-    """pmap's result when elements run on ``usable`` (the caller if local)."""
+def _map_outcome(
+    op: PMap, usable: list[int], *, local: bool, dying: frozenset[int] = frozenset()
+) -> Expect:
+    """Every answer pmap may give when elements run on ``usable``.
+
+    ``local``: there are no workers, the caller runs the map itself.
+    ``dying``: those of ``usable`` killed and not yet noticed; an element
+    sent to one fails with ProcessExitedException, unless a retry runs it
+    on a survivor, or it finished there first (so ``MapMyId`` may name it).
+    A failed element becomes ``on_error``'s value if there is a handler,
+    else pmap raises that element's error (any failed element's): wrapped
+    in a RemoteException from a worker, unwrapped after retries.
+    """
     fn = op.fn
-    if isinstance(fn, FailOn) and fn.bad in op.items:
-        if local:
-            return Raised("ValueError")
-        return RaisedBy("RemoteException", frozenset(usable), "ValueError")
-    if isinstance(fn, MapMyId):
-        return Elementwise(tuple(frozenset(usable) for _ in op.items))
-    if isinstance(fn, Plus):
-        return Returned(tuple(x + fn.k for x in op.items))
-    return Returned(op.items)
+    survivors = [p for p in usable if p not in dying]
+    may_die = bool(dying) and not (op.retries and survivors)
+    choices: list[frozenset[Value]] = []
+    failures: list[Expect] = []
+    must_fail = False
+    for x in op.items:
+        fails = isinstance(fn, FailOn) and x == fn.bad
+        ok: set[Value] = set()
+        if isinstance(fn, MapMyId):
+            ok |= set(usable)
+        elif isinstance(fn, Plus):
+            ok.add(x + fn.k)
+        elif not fails:
+            ok.add(x)
+        if fails:
+            ok.clear()
+            # Retries unwrap the RemoteException, as Julia's wrap_retry does.
+            failures.append(
+                Raised("ValueError")
+                if local or op.retries
+                else RaisedBy("RemoteException", frozenset(usable), "ValueError")
+            )
+        if may_die:
+            failures.append(RaisedBy("ProcessExitedException", dying))
+            if op.retries:
+                failures.append(Raised("NoActiveWorkerError"))
+        if op.on_error is not None and (fails or may_die):
+            ok.add(op.on_error.value)
+        must_fail = must_fail or not ok
+        choices.append(frozenset(ok))
+    if op.on_error is not None:
+        failures = []  # the handler answers for every failed element
+    options: list[Expect] = []
+    if not must_fail:
+        if all(len(c) == 1 for c in choices):
+            options.append(Returned(tuple(next(iter(c)) for c in choices)))
+        else:
+            options.append(Elementwise(tuple(choices)))
+    return any_of([*options, *failures])
 
 
 class Handshake:

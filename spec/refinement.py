@@ -13,6 +13,10 @@ effect may then lie anywhere in a longer interval), so a test harness that
 polls for completions may report them late; it must report invocations
 before the operation starts.
 
+Recorded runs (simulator trace files, histories recorded from ``ref``) are
+read by ``spec.records``; from the command line, ``python -m
+spec.refinement TRACE...`` prints the verdict and exits 1 on a refutation.
+
 Two more questions a test needs answered:
 
 * ``must_resolve()``: calls that have a response in every *settled* state
@@ -335,3 +339,10 @@ def load_history(text: str) -> list[HistoryEvent]:
         elif kind == "respond":
             events.append(Respond(int(record["respond"]), decode(record["outcome"])))
     return events
+
+
+if __name__ == "__main__":
+    # The command line lives in spec.records, which builds on this module.
+    from spec.records import main
+
+    raise SystemExit(main())

@@ -2,7 +2,8 @@
 
 Each is the runtime counterpart of one ``spec.model`` function (``Const``,
 ``Fail``, ``MyId``, ``TakeFrom``, ``PutInto``, ``Sleep``, and the mapped
-``Plus``, ``FailOn``, ``MapMyId``), so the model knows what it does.  They
+``Plus``, ``FailOn``, ``MapMyId``, and the pmap handler ``on_error=Const``),
+so the model knows what it does.  They
 live in their own small module because workers import it by name to
 unpickle them, and should not pull in Hypothesis or the model to do so.
 
@@ -59,6 +60,11 @@ def fail_on(bad: int, x: int) -> int:
 
 def map_my_id(x: int) -> int:
     return ref.myid()
+
+
+def const_on_error(value: Any, error: Exception) -> Any:
+    """A pmap ``on_error`` handler (bound with ``functools.partial``)."""
+    return value
 
 
 def stash(name: str, reference: Any) -> None:

@@ -385,6 +385,8 @@ class Harness:
                     while op.pid in ref.procs():
                         await trio.sleep(0.01)
                 return None
+            if isinstance(op, m.Interrupt):
+                return await ref.interrupt(*op.pids)
             if isinstance(op, m.Procs | m.Workers | m.NProcs | m.NWorkers):
                 query = {
                     m.Procs: ref.procs,
@@ -498,7 +500,19 @@ class Harness:
         if isinstance(op, m.PoolCall):
             f, args = self._fn(op.fn)
             return await ref.remotecall_fetch(f, self._pool(op.pool), *args)
+        if isinstance(op, m.PoolRemoteCall):
+            f, args = self._fn(op.fn)
+            fut = await ref.remotecall(f, self._pool(op.pool), *args)
+            self.objects[op.ref] = fut
+            return fut
         if isinstance(op, m.PMap):
             pool = None if op.pool is None else self._pool(op.pool)
-            return await ref.pmap(self._map_fn(op.fn), list(op.items), pool=pool)
+            options: dict[str, Any] = {"pool": pool}
+            if op.on_error is not None:
+                options["on_error"] = functools.partial(
+                    fns.const_on_error, op.on_error.value
+                )
+            if op.retries:
+                options["retry_delays"] = [0.01] * op.retries
+            return await ref.pmap(self._map_fn(op.fn), list(op.items), **options)
         raise AssertionError(f"no runtime counterpart for {op!r}")

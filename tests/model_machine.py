@@ -1,8 +1,9 @@
 """The model-based state machine: user operations, checked against the model.
 
 ``ClusterMachine`` is a Hypothesis ``RuleBasedStateMachine`` whose rules are
-user operations (add, remove and kill workers; remote calls; Futures;
-channels; forwarding references; pools and pmap).  Each rule runs one
+user operations (add, remove, kill and interrupt workers; remote calls;
+Futures; channels, unbuffered ones included; forwarding references; pools,
+remote calls on pools, and pmap with on_error and retries).  Each rule runs one
 ``spec.model`` operation through ``model_harness.Harness``, which checks the
 answer against the model, and the invariants run after every step.  A
 failure shrinks to a short list of rule calls, which Hypothesis prints;
@@ -155,7 +156,7 @@ class ClusterMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules
 
-    @initialize(i=small, j=small, capacity=st.sampled_from([2, None]))
+    @initialize(i=small, j=small, capacity=st.sampled_from([2, None, 0]))
     def start_with_references_and_a_pool(
         self, i: int, j: int, capacity: int | None
     ) -> None:
@@ -235,7 +236,7 @@ class ClusterMachine(RuleBasedStateMachine):
         ):
             self.step(m.Put(ref, next(self.values)))
 
-    @rule(i=small, capacity=st.sampled_from([1, 2, None]))
+    @rule(i=small, capacity=st.sampled_from([1, 2, None, 0]))
     def new_channel(self, i: int, capacity: int | None) -> None:
         name = self.fresh("c")
         self.step(m.NewChannel(name, pick(self.targets(), i), capacity))
@@ -270,6 +271,8 @@ class ClusterMachine(RuleBasedStateMachine):
         model = self.h.any_model()
         rec = model.channels[ref]
         room = n if rec.capacity is None else rec.capacity - len(rec.items)
+        if rec.capacity == 0:
+            return  # each put would wait for its take
         if len(self.models()) > 1 or room < 2:
             return
         for _ in range(min(n, room)):
@@ -354,18 +357,36 @@ class ClusterMachine(RuleBasedStateMachine):
         if self._can_take(name):
             self.step(m.PoolCall(name, fn))
 
+    @rule(p=small, kind=small, value=st.integers(0, 3), chan=small)
+    def pool_remotecall(self, p: int, kind: int, value: int, chan: int) -> None:
+        """remotecall(f, pool): the member comes back when the Future is done."""
+        name = pick(["default", *self.pools], p)
+        # Only when it need not wait to take a member (see pool_take).
+        if self._can_take(name):
+            ref = self.fresh("f")
+            self.step(m.PoolRemoteCall(name, self.fn(kind, value, chan, target=2), ref))
+            self.futures.append(ref)
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(i=small)
+    def interrupt(self, i: int) -> None:
+        self.step(m.Interrupt((pick(self.live(), i),)))
+
     @rule(
         kind=st.integers(0, 2),
         n=st.integers(1, 4),
         p=st.integers(0, 3),
+        handle=st.sampled_from(["raise", "on_error", "retry"]),
     )
-    def pmap(self, kind: int, n: int, p: int) -> None:
+    def pmap(self, kind: int, n: int, p: int, handle: str) -> None:
         items = tuple(range(n))
         fn = [m.Plus(10), m.FailOn(n - 1), m.MapMyId()][kind]
         pool = None if p == 0 or not self.pools else pick(self.pools, p)
         if pool is not None and not self._idle(pool):
             return
-        self.step(m.PMap(fn, items, pool))
+        on_error = m.Const(-1) if handle == "on_error" else None
+        retries = 1 if handle == "retry" else 0
+        self.step(m.PMap(fn, items, pool, on_error=on_error, retries=retries))
 
     def _can_take(self, pool: str) -> bool:
         """A take from ``pool`` answers at once, in every candidate state.
@@ -387,7 +408,9 @@ class ClusterMachine(RuleBasedStateMachine):
     def _idle(self, pool: str) -> bool:
         """No member is busy and no take waits, in every candidate state."""
         if any(
-            isinstance(self.h.checker.ops.get(c), m.PoolTake | m.PoolCall)
+            isinstance(
+                self.h.checker.ops.get(c), m.PoolTake | m.PoolCall | m.PoolRemoteCall
+            )
             for c in self.h.pending
         ):
             return False

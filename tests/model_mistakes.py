@@ -9,7 +9,9 @@ Each mistake is a small monkeypatch of ``ref`` that breaks one promise:
   holder the reference was sent to is forgotten;
 * ``pool_hands_out_removed``: a pool never drops members that left;
 * ``pending_call_unresolved``: a call waiting on a worker that dies is
-  never failed.
+  never failed;
+* ``unbuffered_put_returns_early``: a put into an unbuffered channel
+  returns as soon as its item is in, without waiting for a take.
 
 ``apply(name)`` patches the current process and returns an undo function.
 Workers are separate processes, so the test driver also runs ``apply`` on
@@ -95,12 +97,29 @@ def _pending_call_unresolved() -> list[Undo]:
     return [_patch(Slot, "fail", never)]
 
 
+def _unbuffered_put_returns_early() -> list[Undo]:
+    original_put = Channel.put
+
+    async def put_and_go(self: Channel, value: object) -> object:
+        if self.capacity != 0:
+            return await original_put(self, value)
+        # Room for one item, as unbuffered has, but no wait for the take.
+        self.capacity = 1
+        try:
+            return await original_put(self, value)
+        finally:
+            self.capacity = 0
+
+    return [_patch(Channel, "put", put_and_go)]
+
+
 MISTAKES: dict[str, Callable[[], list[Undo]]] = {
     "future_second_put": _future_second_put,
     "channel_reorders": _channel_reorders,
     "clients_forget_holder": _clients_forget_holder,
     "pool_hands_out_removed": _pool_hands_out_removed,
     "pending_call_unresolved": _pending_call_unresolved,
+    "unbuffered_put_returns_early": _unbuffered_put_returns_early,
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import get_args
 
 import pytest
 
@@ -32,6 +33,9 @@ from spec.lifecycles import (
 from spec.refinement import Checker, Refuted, dump_history, load_history
 
 Seen = set[tuple[str, str, str]]
+
+#: The operation classes the programs below invoked (for the coverage test).
+INVOKED: set[type] = set()
 PEE = "ProcessExitedException"
 RE = "RemoteException"
 
@@ -39,12 +43,18 @@ RE = "RemoteException"
 class Run:
     """A model checker driven by a test: the answers a correct system gives."""
 
-    def __init__(self, seen: Seen, workers: tuple[int, ...] = (2, 3)) -> None:
-        self.checker = Checker(m.Model.start(workers, seen=seen))
+    def __init__(
+        self,
+        seen: Seen,
+        workers: tuple[int, ...] = (2, 3),
+        topology: m.Topology = "all_to_all",
+    ) -> None:
+        self.checker = Checker(m.Model.start(workers, seen=seen, topology=topology))
         self.seen = seen
         self.cid = 0
 
     def start(self, op: m.Op) -> int:
+        INVOKED.add(type(op))
         self.cid += 1
         self.checker.invoke(self.cid, op)
         return self.cid
@@ -103,6 +113,11 @@ def process_group(seen: Seen) -> None:
     r.raises(m.AddProcs(2, failed=1), "LaunchError")
     r.ok(m.Workers(), (8,))  # either 7 or 8 joined; the answer decides
     r.refused(m.Workers(), m.Returned((7,)))
+    # A launch the manager never reported in time takes no pid.
+    r2 = Run(seen)
+    r2.raises(m.AddProcs(2, failed=1), "LaunchError")
+    r2.ok(m.AddProcs(1), (5,))  # 4 joined; the failed one had no pid
+    r2.refused(m.Workers(), m.Returned((2, 3, 5)), m.Returned((2, 3, 4, 5)))
 
 
 def crashes_and_removals(seen: Seen) -> None:
@@ -423,6 +438,172 @@ def pool_calls_and_pmap(seen: Seen) -> None:
     r.raises(m.PMap(m.FailOn(1), (1,), None), "ValueError")
 
 
+def unbuffered_channels(seen: Seen) -> None:
+    """Capacity 0: a put returns only once a take has its item."""
+    r = Run(seen)
+    r.ok(m.NewChannel("z", 2, 0), ("channel", 2))
+    put = r.start(m.Put("z", 7))
+    assert put not in r.must()  # no taker: the put may wait for ever
+    r.ok(m.IsReady("z"), True)  # its item is there (distref, like Julia 1.x)
+    r.ok(m.Fetch("z"), 7)
+    with pytest.raises(Refuted):
+        r.answer(put, m.Returned(("channel", 2)))  # nobody took it yet
+    r.ok(m.Take("z"), 7)
+    assert put in r.must()
+    r.answer(put, m.Returned(("channel", 2)))
+    # A worker putting into the master's unbuffered channel.
+    r.ok(m.NewChannel("y", 1, 0), ("channel", 1))
+    call = r.start(m.RemoteCallFetch(3, m.PutInto("y", 1)))
+    r.ok(m.IsReady("y"), True)
+    assert call not in r.must()
+    r.ok(m.RemoteCallFetch(2, m.TakeFrom("y")), 1)
+    r.answer(call, m.Returned(None))
+    # Closing wakes the waiting put, which raises; the item stays.
+    waiting = r.start(m.Put("z", 8))
+    r.ok(m.IsReady("z"), True)
+    r.ok(m.Close("z"))
+    r.answer(waiting, m.Raised(RE, 2, "InvalidStateError"))
+    r.ok(m.Take("z"), 8)
+    r.raises(m.Take("z"), RE, 2, "InvalidStateError")
+    # The owner dies under a waiting put.
+    r.ok(m.NewChannel("x", 2, 0), ("channel", 2))
+    stuck = r.start(m.Put("x", 1))
+    r.ok(m.IsEmpty("x"), False)
+    r.ok(m.Kill(2))
+    r.answer(stuck, m.Raised(PEE, 2))
+
+
+def unbuffered_putter_on_a_dying_worker(seen: Seen) -> None:
+    """A parked worker put fails when the owner dies, or goes with its worker."""
+    r = Run(seen, (2, 3, 4))
+    r.ok(m.NewChannel("z", 2, 0), ("channel", 2))
+    call = r.start(m.RemoteCallFetch(3, m.PutInto("z", 1)))
+    r.ok(m.IsReady("z"), True)
+    r.ok(m.Kill(2))
+    r.answer(call, m.Raised(RE, 3, PEE))
+    r.ok(m.NewChannel("y", 1, 0), ("channel", 1))
+    lost = r.start(m.RemoteCallFetch(4, m.PutInto("y", 5)))
+    r.ok(m.IsReady("y"), True)
+    r.ok(m.Kill(4))
+    r.answer(lost, m.Raised(PEE, 4))
+    r.ok(m.Take("y"), 5)  # the item outlives its putter
+
+
+def pool_remotecalls(seen: Seen) -> None:
+    """remotecall(f, pool): the member comes back once the Future is done."""
+    r = Run(seen)
+    r.ok(m.NewPool("p", (2,)))
+    r.ok(m.PoolRemoteCall("p", m.Const(4), "f"), ("future", 2))
+    r.ok(m.Fetch("f"), 4)
+    r.ok(m.PoolTake("p"), 2)  # given back (perhaps after a wait)
+    r.ok(m.PoolPut("p", 2))
+    r.ok(m.PoolRemoteCall("p", m.Sleep(), "g"), ("future", 2))
+    r.ok(m.PoolIsReady("p"), False)  # never done: never given back
+    r.refused(m.PoolIsReady("p"), m.Returned(True), m.Returned(False))
+    r.ok(m.Put("g", 1), ("future", 2))  # done by a put: given back
+    r.ok(m.PoolTake("p"), 2)
+    r.ok(m.PoolPut("p", 2))
+    r.ok(m.PoolRemoteCall("p", m.Sleep(), "s"), ("future", 2))
+    r.ok(m.Kill(2))
+    r.raises(m.Fetch("s"), PEE, 2)
+    r.raises(m.PoolTake("p"), "NoActiveWorkerError")
+    r.raises(m.PoolRemoteCall("p", m.MyId(), "h"), "NoActiveWorkerError")
+
+
+def master_worker_topology(seen: Seen) -> None:
+    """In master_worker, a worker needing another worker raises TopologyError."""
+    r = Run(seen, (2, 3), topology="master_worker")
+    r.ok(m.NewChannel("c", 2, 1), ("channel", 2))
+    r.raises(m.RemoteCallFetch(3, m.PutInto("c", 1)), RE, 3, "TopologyError")
+    r.ok(m.IsReady("c"), False)  # nothing arrived
+    r.ok(m.RemoteCallFetch(2, m.PutInto("c", 1)))  # the owner itself: fine
+    r.ok(m.NewChannel("d", 1, 1), ("channel", 1))
+    r.ok(m.RemoteCallFetch(3, m.PutInto("d", 2)))  # the master: fine
+    r.ok(m.Take("d"), 2)
+    with pytest.raises(ModelError):
+        m.Model.start((2,), topology="custom")  # type: ignore[arg-type]
+
+
+def interrupts(seen: Seen) -> None:
+    """A running call fails with RemoteException(KeyboardInterrupt)."""
+    r = Run(seen, (2, 3))
+    sleeping = r.start(m.RemoteCallFetch(2, m.Sleep()))
+    r.ok(m.Interrupt((3,)))  # an idle worker: nothing happens
+    assert sleeping not in r.must()
+    r.ok(m.Interrupt((2,)))
+    r.answer(sleeping, m.Raised(RE, 2, "KeyboardInterrupt"))
+    r.ok(m.RemoteCallFetch(2, m.MyId()), 2)  # the worker keeps serving
+    r.raises(m.Interrupt((9,)), "KeyError")
+    r.raises(m.Interrupt((1,)), "KeyError")
+    # Not reached yet: the call goes on and answers as usual.
+    late = r.start(m.RemoteCallFetch(3, m.Const(1)))
+    r.ok(m.Interrupt((3,)))
+    r.answer(late, m.Returned(1))
+    # An interrupted take may still have taken the item at the owner.
+    r.ok(m.NewChannel("c", 1, 1), ("channel", 1))
+    taking = r.start(m.RemoteCallFetch(2, m.TakeFrom("c")))
+    r.ok(m.Interrupt((2,)))
+    r.answer(taking, m.Raised(RE, 2, "KeyboardInterrupt"))
+    r.ok(m.Put("c", 5), ("channel", 1))
+    r.ok(m.IsReady("c"), False)  # the ghost took it
+    # The signal may land after interrupt returned, on a call made since;
+    # each signal lands once.
+    r2 = Run(seen)
+    r2.ok(m.Interrupt((3,)))
+    r2.ok(m.Interrupt((3,)))
+    for _ in range(2):
+        after = r2.start(m.RemoteCallFetch(3, m.Sleep()))
+        r2.answer(after, m.Raised(RE, 3, "KeyboardInterrupt"))
+    again = r2.start(m.RemoteCallFetch(3, m.Sleep()))
+    assert again not in r2.must()
+    with pytest.raises(Refuted):
+        r2.answer(again, m.Raised(RE, 3, "KeyboardInterrupt"))
+
+
+def pmap_errors_and_retries(seen: Seen) -> None:
+    """on_error replaces failed elements; retries survive a worker death."""
+    r = Run(seen, (2, 3))
+    on_error = m.Const(-1)
+    r.ok(m.PMap(m.FailOn(2), (1, 2, 3), None, on_error=on_error), (1, -1, 3))
+    r.ok(m.PMap(m.Plus(1), (1, 2), None, on_error=on_error), (2, 3))
+    r.ok(m.Crash(3))  # killed; the master has not noticed yet
+    r.ok(m.Procs(), (1, 2, 3))
+    # Without retries an element on 3 may fail, or all may have run on 2.
+    r.raises(m.PMap(m.Plus(1), (1, 2), None), PEE, 3)
+    r.ok(m.PMap(m.Plus(1), (1, 2), None), (2, 3))
+    r.ok(m.PMap(m.Plus(1), (1, 2), None, on_error=on_error), (-1, 3))
+    # With retries the dead worker's elements run again on 2.
+    r.ok(m.PMap(m.Plus(1), (1, 2), None, retries=1), (2, 3))
+    r.refused(
+        m.PMap(m.Plus(1), (1, 2), None, retries=1),
+        m.Raised(PEE, 3),
+        m.Returned((2, 3)),
+    )
+    r.ok(m.PMap(m.MapMyId(), (1, 2), None, retries=2), (3, 2))
+    r.raises(m.PMap(m.FailOn(1), (1,), None, retries=1), "ValueError")  # unwrapped
+
+
+def dead_worker_side_effects(seen: Seen) -> None:
+    """A call pending on a worker that dies raises; its effect is open."""
+    for effect in (True, False):
+        r = Run(seen, (2, 3))
+        r.ok(m.NewChannel("c", 1, None), ("channel", 1))
+        call = r.start(m.RemoteCallFetch(2, m.PutInto("c", 9)))
+        r.ok(m.Kill(2))
+        r.answer(call, m.Raised(PEE, 2))
+        if effect:
+            r.ok(m.Take("c"), 9)  # it ran, or its request arrived later
+        else:
+            r.ok(m.IsReady("c"), False)  # it never ran
+            r.ok(m.IsReady("c"), False)
+    r = Run(seen, (2,))
+    call = r.start(m.RemoteCallFetch(2, m.Const(1)))
+    r.ok(m.Kill(2))
+    with pytest.raises(Refuted):
+        r.answer(call, m.Raised(RE, 2, "ValueError"))  # only PEE, or its reply
+    r.answer(call, m.Returned(1))  # the reply got out before the death
+
+
 def handshakes(seen: Seen) -> None:
     """The connection table, one link at a time."""
     runs = [
@@ -463,6 +644,13 @@ PROGRAMS: list[Callable[[Seen], None]] = [
     client_sets,
     pools,
     pool_calls_and_pmap,
+    unbuffered_channels,
+    unbuffered_putter_on_a_dying_worker,
+    pool_remotecalls,
+    master_worker_topology,
+    interrupts,
+    pmap_errors_and_retries,
+    dead_worker_side_effects,
     handshakes,
 ]
 
@@ -479,6 +667,14 @@ def test_every_transition_is_exercised() -> None:
         program(seen)
     missing = sorted(all_keys() - seen)
     assert not missing, f"transitions never exercised: {missing}"
+
+
+def test_every_operation_is_exercised() -> None:
+    """Together the programs invoke every operation the model knows."""
+    for program in PROGRAMS:
+        program(set())
+    missing = sorted(op.__name__ for op in get_args(m.Op) if op not in INVOKED)
+    assert not missing, f"operations never exercised: {missing}"
 
 
 # ------------------------------------------------------- engine and tables
@@ -515,7 +711,8 @@ def test_blocking_entries_do_not_change_state() -> None:
 
 def test_model_has_no_runtime_dependency() -> None:
     code = (
-        "import sys, spec.model, spec.refinement, spec.lifecycles, spec.diagrams; "
+        "import sys, spec.model, spec.refinement, spec.records, spec.lifecycles, "
+        "spec.diagrams; "
         "bad = [n for n in sys.modules if n.split('.')[0] in ('ref', 'sim', 'trio')]; "
         "assert not bad, bad"
     )
@@ -565,8 +762,8 @@ def test_refutation_names_what_the_model_allows() -> None:
     assert caught.value.allowed == [m.Returned(2)]
 
 
-def test_unbuffered_channels_are_refused_as_not_modelled() -> None:
+def test_negative_capacity_is_refused() -> None:
     r = Run(set())
-    cid = r.start(m.NewChannel("z", 2, 0))
+    cid = r.start(m.NewChannel("z", 2, -1))
     with pytest.raises(ModelError):
         r.answer(cid, m.Returned(("channel", 2)))

@@ -187,6 +187,11 @@ def test_the_trace_is_canonical_json_lines_with_integer_times(tmp_path: Path) ->
     assert [e["t"] for e in events] == sorted(e["t"] for e in events)
     kinds = {e["kind"] for e in events}
     assert {"send", "deliver", "fault", "call_start", "call_end", "end"} <= kinds
+    # Version 2: the API-level history, for checking against the model.
+    assert header["version"] >= 2
+    assert {"api_call", "api_return"} <= kinds
+    calls = [e for e in events if e["kind"] == "api_call"]
+    assert calls[0]["api"] == "addprocs" and calls[0]["pid"] == 1
     assert events[-1] == {**events[-1], "kind": "end", "outcome": "ok"}
 
 
