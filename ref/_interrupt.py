@@ -14,11 +14,12 @@ running for callers (``Process.interrupt_calls``): each one fails with a
 serving, and a worker that runs no call is unaffected.  This is Julia's
 classic rule, which its newer per-request cancellation also satisfies.
 
-A call runs on the worker's trio loop, so it is interrupted at its next
-checkpoint: a coroutine function waiting on I/O, a sleep or a lock stops at
-once, but a plain function computing without awaiting runs to its end first
-(the signal is handled after it returns, when there is nothing left to
-interrupt).
+A call that awaits is interrupted at its next checkpoint: a coroutine
+function waiting on I/O, a sleep or a lock stops at once.  A plain function
+computing without awaiting holds the worker's trio loop, so a real worker's
+SIGINT handler raises ``KeyboardInterrupt`` inside it instead, as Python
+itself would (``relay_interrupts``); in the simulator such a function takes
+no virtual time, so there is nothing to interrupt.
 """
 
 from __future__ import annotations

@@ -253,6 +253,9 @@ class Process:
         self.worker_timeout = worker_timeout
         self.codec: Codec = codec or CloudpickleCodec()
         self.host = host
+        #: True while a call's function runs synchronously (before any
+        #: await of its result): where a SIGINT may raise KeyboardInterrupt.
+        self.running_plain_call = False
         self.refs: RefTable[Slot | Channel] = RefTable()
         self.links: dict[int, Link] = {}
         self.handles: dict[int, WorkerHandle] = {}
@@ -801,11 +804,11 @@ class Process:
     ) -> object:
         """Run f; a raised exception becomes a RemoteException value.
 
-        The call can be interrupted (``interrupt_calls``) while it awaits:
-        it then ends with a RemoteException wrapping KeyboardInterrupt.  A
-        synchronous function runs to its end first (it holds the loop), and
-        the runtime's own helpers that serve references are never
-        interrupted: they work for callers elsewhere.
+        The call can be interrupted (``interrupt_calls``) while it awaits,
+        or by a KeyboardInterrupt raised inside it while it runs without
+        awaiting: it then ends with a RemoteException wrapping
+        KeyboardInterrupt.  The runtime's own helpers that serve references
+        are never interrupted: they work for callers elsewhere.
         """
         if getattr(f, _SERVES_REFERENCES, False):
             return await self._run_call(f, args, kwargs)
@@ -813,22 +816,37 @@ class Process:
         self._running_calls[call] = None
         try:
             with call.scope:
-                return await self._run_call(f, args, kwargs)
+                return await self._run_call(f, args, kwargs, interruptible=True)
         finally:
             self._running_calls.pop(call, None)
         # Only an interrupt ends the scope without a result.
         return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
 
     async def _run_call(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        interruptible: bool = False,
     ) -> object:
         try:
-            result = f(*args, **kwargs)
+            # While a caller's f runs without awaiting, a SIGINT handler may
+            # raise KeyboardInterrupt inside it (see relay_interrupts).
+            self.running_plain_call = interruptible
+            try:
+                result = f(*args, **kwargs)
+            finally:
+                self.running_plain_call = False
             if inspect.isawaitable(result):
                 result = await result
             return result
         except Exception as exc:
             return self._capture(exc)
+        except KeyboardInterrupt:
+            if self.myid == MASTER:
+                raise
+            return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
         except SystemExit as exc:
             if self.myid == MASTER:
                 raise

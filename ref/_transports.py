@@ -258,18 +258,36 @@ def _link_uses(link: Link, stream: object) -> bool:
 async def relay_interrupts(
     proc: Process, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Turn SIGINT into ``proc.interrupt_calls()`` while this task runs.
+    """Turn SIGINT into interrupts of ``proc``'s calls while this task runs.
 
-    Only the main thread can receive signals; elsewhere this does nothing
-    but report itself started (so in-process workers leave SIGINT alone).
+    A call that awaits is cancelled at its next checkpoint (through
+    ``proc.interrupt_calls()``, run by trio soon after the signal).  A plain
+    function computing without awaiting holds trio's loop, so no checkpoint
+    comes; if one is running when the signal lands, the handler raises
+    ``KeyboardInterrupt`` inside it, as Python's own handler would, and the
+    call fails with the same ``RemoteException``.  Only the main thread can
+    receive signals; elsewhere this does nothing but report itself started
+    (so in-process workers leave SIGINT alone).
     """
     if threading.current_thread() is not threading.main_thread():
         task_status.started()
         await trio.sleep_forever()
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
+    token = trio.lowlevel.current_trio_token()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        # run_sync_soon is the one trio call made for signal handlers (trio's
+        # own signal receiver goes through it); idempotent, so a burst of
+        # signals queues one interrupt.
+        token.run_sync_soon(proc.interrupt_calls, idempotent=True)
+        if proc.running_plain_call:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
         task_status.started()
-        async for _ in signals:
-            proc.interrupt_calls()
+        await trio.sleep_forever()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ------------------------------------------------------------- start_worker
