@@ -32,7 +32,7 @@ from model_machine import ClusterMachine
 from spec import model as m
 
 EXAMPLES = int(os.environ.get("DISTREF_MODEL_EXAMPLES", "30"))
-SIM_EXAMPLES = int(os.environ.get("DISTREF_MODEL_SIM_EXAMPLES", "150"))
+SIM_EXAMPLES = int(os.environ.get("DISTREF_MODEL_SIM_EXAMPLES", "100"))
 
 REF_SETTINGS = settings(
     max_examples=EXAMPLES,

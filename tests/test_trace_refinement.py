@@ -45,7 +45,7 @@ from spec import records
 from spec.api import RemoteException
 from spec.refinement import Refuted
 
-SIM_SEEDS = int(os.environ.get("DISTREF_SIM_SEEDS", "150"))
+SIM_SEEDS = int(os.environ.get("DISTREF_SIM_SEEDS", "100"))
 REF_SEEDS = int(os.environ.get("DISTREF_REF_SEEDS", "4"))
 STEPS = 40
 
