@@ -3,10 +3,12 @@
 A few behaviours cannot be observed through the API from inside a scenario:
 the bytes of the handshake, the worker's address line, what happens after
 the cluster has closed.  Their catalogue entries name pytest node IDs
-(``tests = ["tests/test_x.py::test_y"]``) that check them on ``ref``.  The
-runner asks this module to run those nodes, in a subprocess, and reports the
-behaviour as passing only when pytest ran them and all passed: such a
-behaviour is a real pass or fail, never a pass by declaration.
+that check them: ``tests = ["tests/test_x.py::test_y"]`` on ``ref``, or
+``tests = { ref = [...], sim = [...] }`` per backend.  The runner asks this
+module to run the nodes named for the backend it judges, in a subprocess,
+and reports the behaviour as passing only when pytest ran them and all
+passed: such a behaviour is a real pass or fail, never a pass by
+declaration.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger("conformance")
 
-#: The backend those tests exercise.
+#: The backend a plain list of tests exercises.
 TESTED_BACKEND = "ref"
 
 #: Where the repository's tests are, when running from a source checkout.

@@ -7,14 +7,14 @@ For one backend and one behaviour the status is, in this order of checks:
   never be reported as a pass;
 * when no scenario covers the behaviour but the catalogue names pytest
   tests for it (``tests``, for what the API cannot observe), those tests
-  decide on ``ref``, the backend they exercise, and the behaviour is
-  ``skip`` elsewhere;
+  decide on each backend they are named for (a plain list names ``ref``'s,
+  a table each backend's), and the behaviour is ``skip`` elsewhere;
 * ``error`` when no scenario covers the behaviour: that is a hole in the
   suite whatever the backend, so it is reported even on a backend that
   cannot run;
 * ``skip`` when the backend is unavailable, or lacks a capability that one
-  of the covering scenarios needs (unless the catalogue names tests, which
-  then decide on the backend they exercise, as above);
+  of the covering scenarios needs (unless the catalogue names tests for
+  that backend, which then decide, as above);
 * otherwise every covering scenario runs and the behaviour is ``pass`` if
   all passed, ``error`` if any raised something other than an
   ``AssertionError`` (or timed out), else ``fail``.
@@ -50,6 +50,7 @@ __all__ = [
     "RunReport",
     "Status",
     "find_mismatches",
+    "named_tests",
     "run_scenario",
     "run_suite",
 ]
@@ -248,19 +249,19 @@ def _judge(
 ) -> tuple[Status, str]:
     if backend.name in behaviour.not_implemented:
         return Status.NOT_IMPLEMENTED, f"marked not implemented on {backend.name}"
-    tests: tuple[str, ...] = tuple(getattr(behaviour, "tests", ()))
-    if not covering and tests:
-        return _judge_by_tests(backend, tests, unavailable)
+    named = named_tests(behaviour)
+    if not covering and named:
+        return _judge_by_tests(backend, named, unavailable)
     if not covering:
         return Status.ERROR, NO_SCENARIO
     if unavailable is not None:
         return Status.SKIP, f"backend unavailable: {unavailable}"
 
     missing = _missing_capabilities(backend, covering)
-    if missing and tests and backend.name == TESTED_BACKEND:
+    if missing and named.get(backend.name):
         # A scenario that needs, say, virtual time cannot run here, but the
         # catalogue's own tests check the behaviour on this backend.
-        return _judge_by_tests(backend, tests, unavailable)
+        return _judge_by_tests(backend, named, unavailable)
     if missing:
         return Status.SKIP, missing
 
@@ -273,13 +274,28 @@ def _judge(
     return _combine([(spec.name, outcomes[spec.name]) for spec in covering])
 
 
+def named_tests(behaviour: BehaviourLike) -> dict[str, tuple[str, ...]]:
+    """The pytest nodes a catalogue entry names, per backend.
+
+    ``tests_by_backend`` where the entry has it (``spec.catalogue``); an
+    entry with a plain ``tests`` sequence names tests of ``ref``.
+    """
+    by_backend = getattr(behaviour, "tests_by_backend", None)
+    if by_backend is not None:
+        return {name: tuple(nodes) for name, nodes in by_backend.items() if nodes}
+    tests = tuple(getattr(behaviour, "tests", ()))
+    return {TESTED_BACKEND: tests} if tests else {}
+
+
 def _judge_by_tests(
-    backend: Backend, tests: tuple[str, ...], unavailable: str | None
+    backend: Backend, named: Mapping[str, tuple[str, ...]], unavailable: str | None
 ) -> tuple[Status, str]:
-    if backend.name != TESTED_BACKEND:
-        return Status.SKIP, (
-            f"observable only by {TESTED_BACKEND}'s own tests: {', '.join(tests)}"
+    tests = named.get(backend.name, ())
+    if not tests:
+        owners = "; ".join(
+            f"{name}'s {', '.join(nodes)}" for name, nodes in sorted(named.items())
         )
+        return Status.SKIP, f"observable only by other backends' tests: {owners}"
     if unavailable is not None:
         return Status.SKIP, f"backend unavailable: {unavailable}"
 

@@ -14,6 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from spec.api import HeldConnection
+
+from ._sockets import os_connections
+
 StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
@@ -28,6 +32,33 @@ class Transport(Protocol):
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
         """Open a stream to ``host:port``."""
+        ...
+
+
+@runtime_checkable
+class ConnectionTable(Protocol):
+    """A transport that can say which connections a process holds.
+
+    What ``probes.connections`` asks: the answer comes from where the
+    transport's connections really live (the operating system's sockets for
+    TCP, the simulated network's table for ``sim``), not from the runtime's
+    own idea of its links.  Optional: a transport without it just cannot
+    be asked.
+    """
+
+    def held_connections(
+        self,
+        ospid: int,
+        listening: tuple[str, int] | None,
+        cluster: Mapping[int, int],
+    ) -> list[HeldConnection]:
+        """The connections OS process ``ospid`` holds open.
+
+        ``listening`` is the address it announced, if it listens: a check
+        that ``ospid`` is the process meant.  ``cluster`` maps the OS pid
+        of every process of the cluster to its distref pid, which names
+        each connection's ``peer``.
+        """
         ...
 
 
@@ -198,6 +229,15 @@ class TcpTransport:
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
+
+    def held_connections(
+        self,
+        ospid: int,
+        listening: tuple[str, int] | None,
+        cluster: Mapping[int, int],
+    ) -> list[HeldConnection]:
+        """The OS's TCP sockets of ``ospid``, a process on this machine."""
+        return os_connections(ospid, listening, cluster)
 
 
 async def _serve(handler: StreamHandler, listeners: list[trio.SocketListener]) -> None:

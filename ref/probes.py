@@ -14,6 +14,10 @@ Two more stand in for what a scenario cannot do through the API:
 under ``sim``), and ``sever`` breaks the master's link to a worker the way
 a lost connection would.
 
+And ``connections`` says which connections a process holds and who
+dialled each, as the transport knows them: the OS's sockets of a worker's
+process under ``ref``, the simulated network's table under ``sim``.
+
 Only the master may use them: it is the process that knows where every
 worker listens and whose transport and launcher the scenario runs with.
 """
@@ -21,19 +25,25 @@ worker listens and whose transport and launcher the scenario runs with.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
-from spec.api import NoSuchProcessError, ProcessExitedException
+from spec.api import HeldConnection, NoSuchProcessError, ProcessExitedException
 
 from ._context import current_process
-from ._seams import Program, ProgramRunner, RunningProgram
+from ._seams import ConnectionTable, Program, ProgramRunner, RunningProgram
+
+if TYPE_CHECKING:
+    from ._process import Process
 
 __all__ = [
     "RawListener",
     "connect",
+    "connections",
     "listen",
     "open_stream",
     "run_program",
@@ -181,3 +191,60 @@ async def sever(pid: int) -> None:
     if link is None:
         raise NoSuchProcessError(pid)
     await link.aclose()
+
+
+async def connections(pid: int) -> list[HeldConnection]:
+    """The connections process ``pid`` holds open, from the transport's view.
+
+    Asked of the master's transport, which under ``ref`` reads the kernel's
+    sockets of the worker's OS process (so the worker must run on this
+    machine) and under ``sim`` the simulated network's connection table.
+    Sorted by peer (None last), then ``dialled``, then ``ident``.
+    """
+    proc = current_process()
+    proc.require_master("probes.connections")
+    transport = proc.transport
+    if not isinstance(transport, ConnectionTable):
+        raise NotImplementedError(
+            f"probes.connections: the cluster's transport "
+            f"{type(transport).__name__} cannot list a process's connections "
+            "(it has no held_connections)"
+        )
+
+    cluster = _ospids(proc)
+    if pid == proc.myid:
+        ospid: int | None = os.getpid()
+        listening = None
+    else:
+        # Raises ProcessExitedException or NoSuchProcessError for a bad pid.
+        peer = proc.group.peer(pid)
+        ospid = next((o for o, p in cluster.items() if p == pid), None)
+        listening = (peer.host, peer.port)
+    if ospid is None:
+        raise LookupError(
+            f"probes.connections: worker {pid}'s OS pid is not known yet, so "
+            "its connections cannot be looked up"
+        )
+
+    held = transport.held_connections(ospid, listening, cluster)
+    await trio.lowlevel.checkpoint()
+    return sorted(held, key=_order)
+
+
+def _ospids(proc: Process) -> dict[int, int]:
+    """OS pid to distref pid, for the master and every worker still a member."""
+    found = {os.getpid(): proc.myid}
+    for pid in proc.group.workers():
+        if pid == proc.myid:
+            continue
+        ospid = proc.group.peer(pid).ospid
+        handle = proc.handles.get(pid)
+        if ospid is None and handle is not None:
+            ospid = handle.ospid
+        if ospid is not None:
+            found[ospid] = pid
+    return found
+
+
+def _order(held: HeldConnection) -> tuple[bool, int, bool, str]:
+    return held.peer is None, held.peer or 0, held.dialled, held.ident

@@ -14,7 +14,7 @@ point of their own choosing rather than from a ``FaultPlan``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TypeVar
@@ -48,6 +48,52 @@ class NoSimulatedClusterError(RuntimeError):
     """A fault function was called outside ``sim.open_cluster()``."""
 
 
+class WorldTasks:
+    """Starts the world's tasks in its nursery, out of the master's reach.
+
+    A simulated process is an OS process of its own: cancelling the
+    master's task (a deadline around the whole cluster, say) must not
+    cancel the workers, the network or the fault timers, or the master's
+    shutdown would find nobody to ask to leave.  Their tasks live in the
+    world's nursery, which sits inside the caller's cancel scopes, so each
+    runs under a shield, until ``stop`` cancels them all when the cluster
+    is torn down.  The shield adds no checkpoint: schedules stay as they
+    were.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        # Insertion-ordered, so stopping cancels in a deterministic order.
+        self._scopes: dict[trio.CancelScope, None] = {}
+        self._stopped = False
+
+    def start_soon(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: object,
+        name: str | None = None,
+    ) -> None:
+        self._nursery.start_soon(self._shielded, fn, args, name=name or fn)
+
+    async def _shielded(
+        self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            if self._stopped:
+                scope.cancel()
+            self._scopes[scope] = None
+            try:
+                await fn(*args)
+            finally:
+                del self._scopes[scope]
+
+    def stop(self) -> None:
+        """Cancel every task started here, and any started from now on."""
+        self._stopped = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
 class World:
     """Everything simulated about one cluster: nodes, network, faults."""
 
@@ -63,7 +109,8 @@ class World:
         self.index = index
         self.config = config
         self.trace = run.trace
-        self._nursery = nursery
+        self.tasks = WorldTasks(nursery)
+        self._nursery = self.tasks
         self._launch_rng = run.rng(f"cluster{index}.launch")
         # Apart from launches, so that a scenario starting programs leaves
         # the draws of its addprocs launches where they were.
@@ -396,6 +443,7 @@ async def open_cluster(
                         check.raise_if_leaked()
             finally:
                 _world.reset(token)
+                world.tasks.stop()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Like ref.open_cluster: the block's own error arrives as raised,

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from ._cluster import World
+    from ._cluster import World, WorldTasks
 
 
 class _Timed:
@@ -343,7 +343,7 @@ class FaultInjector:
             (f for f in timed if f.after is not None), key=lambda f: f.after or 0
         )
 
-    def start(self, nursery: trio.Nursery) -> None:
+    def start(self, nursery: trio.Nursery | WorldTasks) -> None:
         nursery.start_soon(self._fire_timed)
         if self._plan.random is not None:
             nursery.start_soon(self._fire_random, self._plan.random)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ref._seams import LaunchedWorker, Program, StreamHandler
-from spec.api import LaunchError
+from spec.api import HeldConnection, LaunchError
 
 from ._network import Network, SimStream
 from ._node import Node
@@ -41,6 +41,26 @@ class SimTransport:
 
     async def connect(self, host: str, port: int) -> SimStream:
         return await self._network.connect(self._node, host, port)
+
+    def held_connections(
+        self,
+        ospid: int,
+        listening: tuple[str, int] | None,
+        cluster: Mapping[int, int],
+    ) -> list[HeldConnection]:
+        """The simulated network's connections of the process ``ospid``.
+
+        ``listening`` needs no check: every simulated process is on this
+        simulated machine, and its OS pid names it alone.
+        """
+        return [
+            HeldConnection(
+                None if peer is None else cluster.get(peer.ospid),
+                dialled,
+                f"sim conn {conn.id}",
+            )
+            for conn, dialled, peer in self._network.held_by(ospid)
+        ]
 
 
 class SimWorkerHandle:

@@ -901,6 +901,37 @@ class Network:
             ):
                 yield conn
 
+    def held_by(self, ospid: int) -> list[tuple[Connection, bool, Node | None]]:
+        """The connections OS process ``ospid`` holds open, oldest first.
+
+        Each as ``(connection, whether ospid dialled it, the node holding
+        the other end or None if that end is closed)``.  A connection
+        counts while the process has not closed its end and no reset broke
+        it, as a socket stays in the kernel's table until then.
+        """
+        held: list[tuple[Connection, bool, Node | None]] = []
+        for conn in self.connections:
+            if conn.initiator.ospid == ospid:
+                mine, other = conn.initiator, conn.acceptor
+            elif conn.acceptor.ospid == ospid:
+                mine, other = conn.acceptor, conn.initiator
+            else:
+                continue
+            if not _holds(mine, conn):
+                continue
+            held.append(
+                (conn, mine is conn.initiator, other if _holds(other, conn) else None)
+            )
+        return held
+
+
+def _holds(node: Node, conn: Connection) -> bool:
+    """Whether ``node`` has its end of ``conn`` open, and ``conn`` is not reset."""
+    return any(
+        end.conn is conn and not end.closed and not (end.inp.broken or end.out.broken)
+        for end in node.endpoints
+    )
+
 
 class _DeliveryHook(trio.abc.Instrument):
     """Calls ``Network.on_wakeup`` when the clock jumps or the loop wakes up.

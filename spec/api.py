@@ -65,6 +65,23 @@ class RRID(NamedTuple):
     id: int
 
 
+class HeldConnection(NamedTuple):
+    """One connection a process holds open, as ``Probes.connections`` sees it.
+
+    ``peer`` is the pid of the cluster process holding the other end (None
+    when no process of the cluster does: a raw probe stream to an outsider,
+    or a connection whose other end was already closed); ``dialled`` is
+    True when the process asked about opened the connection, False when it
+    accepted it.  ``ident`` names the connection itself, the same from
+    both ends and for as long as it stays open, so that a connection
+    reused can be told from one closed and opened again.
+    """
+
+    peer: int | None
+    dialled: bool
+    ident: str
+
+
 class DistributedError(Exception):
     """Base class of every error distref raises on purpose."""
 
@@ -428,6 +445,15 @@ class Probes(Protocol):
     async def sever(self, pid: int) -> None:
         """Break the master's link to worker ``pid`` without a word: to the
         worker, its connection to pid 1 is lost."""
+        ...
+
+    async def connections(self, pid: int) -> list[HeldConnection]:
+        """The connections process ``pid`` holds open right now, on the
+        cluster's transport: real sockets of the worker's OS process on
+        ``ref``, the simulated network's table on ``sim`` (never the
+        runtime's own bookkeeping).  Sorted by ``(peer, dialled, ident)``
+        with None peers last.  Scenarios using it declare
+        ``needs=("probes.connections",)``."""
         ...
 
 

@@ -21,22 +21,36 @@ Every table has exactly these keys:
     The issue number that implements it.
 ``not_implemented``
     Backends (such as ``"ref"`` or ``"sim"``) that do not implement it yet.
+
+and may have:
+
+``tests``
+    pytest node IDs (``"tests/test_x.py::test_y"``) that verify the
+    behaviour where no scenario can observe it through the API.  A list
+    names tests of ``ref`` (:data:`DEFAULT_TESTED_BACKEND`); a table keyed
+    by backend names each backend's own, ``tests = { ref = [...], sim =
+    [...] }``.  A backend the entry marks not implemented cannot also have
+    tests that show it.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "CATALOGUE_FILE",
+    "DEFAULT_TESTED_BACKEND",
     "ID_PATTERN",
     "Behaviour",
     "CatalogueError",
     "load_behaviours",
+    "parse_behaviours",
 ]
 
 #: Name of the catalogue file inside the ``spec`` package.
@@ -44,6 +58,14 @@ CATALOGUE_FILE = "behaviours.toml"
 
 #: What a behaviour ID must look like: ``<api>.<kebab-case-rule>``.
 ID_PATTERN = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z0-9]+(-[a-z0-9]+)*$")
+
+#: The backend whose tests a bare ``tests = [...]`` list names.
+DEFAULT_TESTED_BACKEND = "ref"
+
+
+def _no_tests() -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({})
+
 
 _PACKAGE = __name__.rpartition(".")[0] or "spec"
 
@@ -74,6 +96,18 @@ class Behaviour:
     #: pytest node IDs (relative to the repository) that verify the
     #: behaviour on ``ref`` where no scenario can observe it through the API.
     tests: tuple[str, ...] = ()
+    #: Every backend's pytest node IDs, ``ref``'s included (read-only).
+    tests_by_backend: Mapping[str, tuple[str, ...]] = field(
+        default_factory=_no_tests, hash=False
+    )
+
+    def tests_for(self, backend: str) -> tuple[str, ...]:
+        """The pytest node IDs that verify this behaviour on ``backend``."""
+        found = self.tests_by_backend.get(backend)
+        if found is None and backend == DEFAULT_TESTED_BACKEND:
+            # Built by hand with ``tests`` alone: those are ref's.
+            return self.tests
+        return found or ()
 
 
 def _where(index: int, table: dict[str, Any]) -> str:
@@ -124,16 +158,17 @@ def _parse_entry(index: int, table: object) -> Behaviour:
     if len(set(backends)) != len(backends):
         raise CatalogueError(f"{where}: not_implemented lists a backend twice")
 
-    tests = table.get("tests", [])
-    if not isinstance(tests, list) or not all(
-        isinstance(node, str) and "::" in node for node in tests
-    ):
+    by_backend = _parse_tests(where, table.get("tests", []))
+    contradicted = sorted(by_backend.keys() & set(backends))
+    if contradicted:
         raise CatalogueError(
-            f"{where}: tests must be a list of pytest node IDs ('file::test')"
+            f"{where}: names tests for {', '.join(contradicted)} but marks it "
+            "not implemented there; drop one or the other"
         )
 
     return Behaviour(
-        tests=tuple(tests),
+        tests=by_backend.get(DEFAULT_TESTED_BACKEND, ()),
+        tests_by_backend=MappingProxyType(by_backend),
         id=ident,
         api=table["api"],
         statement=table["statement"],
@@ -141,6 +176,32 @@ def _parse_entry(index: int, table: object) -> Behaviour:
         issue=issue,
         not_implemented=frozenset(backends),
     )
+
+
+def _parse_tests(where: str, tests: object) -> dict[str, tuple[str, ...]]:
+    """``tests`` as a list (``ref``'s) or a table of lists keyed by backend."""
+    if isinstance(tests, list):
+        tests = {DEFAULT_TESTED_BACKEND: tests} if tests else {}
+    if not isinstance(tests, dict):
+        raise CatalogueError(
+            f"{where}: tests must be a list of pytest node IDs, or a table of "
+            "such lists keyed by backend (tests = { ref = [...], sim = [...] })"
+        )
+    by_backend: dict[str, tuple[str, ...]] = {}
+    for backend, nodes in tests.items():
+        if not backend.strip():
+            raise CatalogueError(f"{where}: tests names an empty backend")
+        if (
+            not isinstance(nodes, list)
+            or not nodes
+            or not all(isinstance(node, str) and "::" in node for node in nodes)
+        ):
+            raise CatalogueError(
+                f"{where}: tests for {backend!r} must be a non-empty list of "
+                f"pytest node IDs ('file::test'), got {nodes!r}"
+            )
+        by_backend[backend] = tuple(nodes)
+    return by_backend
 
 
 def load_behaviours() -> tuple[Behaviour, ...]:
@@ -152,8 +213,17 @@ def load_behaviours() -> tuple[Behaviour, ...]:
     a malformed ID, or repeats an ID used earlier.
     """
     resource = resources.files(_PACKAGE).joinpath(CATALOGUE_FILE)
+    return parse_behaviours(resource.read_text(encoding="utf-8"))
+
+
+def parse_behaviours(text: str) -> tuple[Behaviour, ...]:
+    """Validate and return the behaviours of catalogue source ``text``.
+
+    What :func:`load_behaviours` does with the shipped file; raises
+    :class:`CatalogueError` the same way.
+    """
     try:
-        document = tomllib.loads(resource.read_text(encoding="utf-8"))
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogueError(f"{CATALOGUE_FILE}: not valid TOML: {exc}") from exc
 

@@ -54,7 +54,14 @@ from conformance.report import (
     write_json,
     write_junit,
 )
-from conformance.runner import NO_SCENARIO, Result, RunReport, Status, run_suite
+from conformance.runner import (
+    NO_SCENARIO,
+    Result,
+    RunReport,
+    Status,
+    named_tests,
+    run_suite,
+)
 from spec.api import DistributedAPI, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,6 +397,71 @@ def test_refs_own_tests_decide_where_its_scenario_cannot_run(
     assert ref.runs == []
     assert one_result(report, backend="other").status is Status.SKIP
     assert one_result(report, backend="sim").status is Status.PASS
+
+
+@dataclass(frozen=True)
+class BehaviourWithTestsPerBackend:
+    """A catalogue entry naming pytest nodes for each of several backends."""
+
+    id: str
+    tests_by_backend: dict[str, tuple[str, ...]]
+    not_implemented: frozenset[str] = frozenset()
+
+
+def test_tests_named_per_backend_judge_each_backend_with_its_own(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No scenario: ref and sim each run their own nodes; others skip."""
+    asked: list[tuple[str, ...]] = []
+
+    def verify(self: object, nodes: tuple[str, ...]) -> tuple[bool, str]:
+        asked.append(tuple(nodes))
+        passed = nodes == ("tests/test_s.py::test_s",)
+        return passed, f"pytest {' '.join(nodes)}: {'1 passed' if passed else 'bad'}"
+
+    monkeypatch.setattr("conformance.runner.PytestVerifier.verify", verify)
+    behaviour = BehaviourWithTestsPerBackend(
+        "b.one",
+        {"ref": ("tests/test_r.py::test_r",), "sim": ("tests/test_s.py::test_s",)},
+    )
+    backends = [FakeBackend("ref"), FakeBackend("sim"), FakeBackend("other")]
+    report = run_suite([behaviour], specs(registry), backends)
+
+    assert one_result(report, backend="ref").status is Status.FAIL
+    assert one_result(report, backend="sim").status is Status.PASS
+    skipped = one_result(report, backend="other")
+    assert skipped.status is Status.SKIP
+    assert "tests/test_s.py::test_s" in skipped.detail
+    assert sorted(asked) == [("tests/test_r.py::test_r",), ("tests/test_s.py::test_s",)]
+
+
+def test_a_backend_lacking_a_capability_is_judged_by_its_own_named_tests(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    def verify(self: object, nodes: tuple[str, ...]) -> tuple[bool, str]:
+        asked.append(tuple(nodes))
+        return True, "pytest: 1 passed"
+
+    monkeypatch.setattr("conformance.runner.PytestVerifier.verify", verify)
+
+    @registry.scenario("b.one", needs=("real_processes",))
+    async def real(d: DistributedAPI) -> None:
+        pass
+
+    behaviour = BehaviourWithTestsPerBackend(
+        "b.one", {"sim": ("tests/test_s.py::test_s",)}
+    )
+    able = FakeBackend("ref", frozenset({"real_processes"}))
+    simulated = FakeBackend("sim")
+    report = run_suite([behaviour], specs(registry), [able, simulated])
+
+    assert one_result(report, backend="ref").status is Status.PASS
+    assert able.runs == ["real"]
+    assert one_result(report, backend="sim").status is Status.PASS
+    assert simulated.runs == []
+    assert asked == [("tests/test_s.py::test_s",)]
 
 
 def test_each_scenario_runs_once_per_backend_whatever_it_covers(
@@ -1024,7 +1096,7 @@ def test_every_behaviour_has_a_scenario_or_is_marked() -> None:
         b.id
         for b in load_catalogue()
         if b.id not in covered
-        and not getattr(b, "tests", ())
+        and not named_tests(b)
         and not everywhere <= b.not_implemented
     ]
 
@@ -1038,7 +1110,8 @@ def test_catalogue_test_nodes_exist() -> None:
     """Every pytest node a behaviour names is a test function in tests/."""
     missing = []
     for behaviour in load_catalogue():
-        for node in getattr(behaviour, "tests", ()):
+        nodes = [n for ns in named_tests(behaviour).values() for n in ns]
+        for node in nodes:
             path, _, name = node.partition("::")
             source = (
                 (ROOT / path).read_text(encoding="utf-8")

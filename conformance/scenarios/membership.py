@@ -13,20 +13,16 @@ from __future__ import annotations
 import uuid
 
 from conformance.registry import scenario
-from spec.api import DistributedAPI
+from spec.api import DistributedAPI, HeldConnection
 
 from ._probes import (
     PATIENCE,
-    Address,
-    Sockets,
     forget_state,
     get_state,
     membership_view,
     myid_of,
-    only_listening_address,
     ospid,
     set_state,
-    tcp_sockets,
     within,
 )
 
@@ -209,28 +205,16 @@ async def every_worker_sees_the_masters_membership_after_addprocs(
 # ------------------------------------------------------ lazy connections
 
 
-async def _sockets(d: DistributedAPI, pid: int) -> Sockets:
-    with within(PATIENCE, f"listing the sockets of worker {pid}"):
-        found: Sockets = await d.remotecall_fetch(tcp_sockets, pid)
-    return Sockets(*found)
+def _shape(held: list[HeldConnection]) -> list[tuple[int | None, bool]]:
+    """Who is at the other end of each connection, and whether it was dialled."""
+    return sorted(((h.peer, h.dialled) for h in held), key=str)
 
 
-def _links_between(
-    low: int, high: int, listens: dict[int, Address], sockets: dict[int, Sockets]
-) -> tuple[list[Address], list[Address]]:
-    """The connections between two workers, as each side sees them.
-
-    Returns the remote ends, on ``low``'s side, of connections it accepted
-    from ``high``'s dialled sockets, and the local ends of the connections
-    ``high`` dialled to ``low``'s listening address.
-    """
-    dialled_by_high = [
-        mine for mine, theirs in sockets[high].dialed() if theirs == listens[low]
-    ]
-    accepted_by_low = [
-        theirs for mine, theirs in sockets[low].accepted() if theirs in dialled_by_high
-    ]
-    return accepted_by_low, dialled_by_high
+async def _held(
+    d: DistributedAPI, pids: tuple[int, ...]
+) -> dict[int, list[HeldConnection]]:
+    with within(PATIENCE, f"listing the connections of {pids}"):
+        return {pid: await d.probes.connections(pid) for pid in pids}
 
 
 @scenario(
@@ -238,7 +222,7 @@ def _links_between(
     "addprocs.lazy-no-peer-links-at-start",
     "addprocs.lazy-link-on-first-call",
     "addprocs.lazy-link-opened-by-higher-pid",
-    needs=("real_processes",),
+    needs=("probes.connections",),
 )
 async def worker_links_open_on_first_use_dialled_by_the_higher_pid(
     d: DistributedAPI,
@@ -246,22 +230,19 @@ async def worker_links_open_on_first_use_dialled_by_the_higher_pid(
     with within(PATIENCE, "addprocs(3)"):
         low, mid, high = await d.addprocs(3)
     workers = (low, mid, high)
-    master = tcp_sockets()
-    master_ends = {mine for mine, _ in master.connected}
 
-    sockets = {pid: await _sockets(d, pid) for pid in workers}
-    listens = {pid: only_listening_address(sockets[pid]) for pid in workers}
+    held = await _held(d, workers)
     for pid in workers:
-        found = sockets[pid]
-        assert len(found.connected) == 1, (
-            f"worker {pid} holds {len(found.connected)} connections right after "
-            f"addprocs, not only the one to the master: {found.connected}"
+        assert _shape(held[pid]) == [(1, False)], (
+            f"right after addprocs worker {pid} holds {held[pid]}, not only "
+            "the connection the master dialled to it"
         )
-        [(mine, theirs)] = found.connected
-        assert mine == listens[pid] and theirs in master_ends, (
-            f"worker {pid}'s one connection {mine} <-> {theirs} is not the master "
-            f"connecting to the address it listens on, {listens[pid]}"
-        )
+    # Only the cluster's own: the master's process may hold other sockets.
+    master = [s for s in _shape(await d.probes.connections(1)) if s[0] is not None]
+    assert master == [(pid, True) for pid in workers], (
+        f"right after addprocs the master holds {master}, not one dialled "
+        f"connection to each of {workers}"
+    )
 
     # The lower pid speaks first: the higher one must be the one to dial.
     with within(PATIENCE, f"worker {low} calling worker {mid}"):
@@ -274,34 +255,35 @@ async def worker_links_open_on_first_use_dialled_by_the_higher_pid(
         f"worker {high} asked worker {low} for myid() and got {answer}"
     )
 
-    sockets = {pid: await _sockets(d, pid) for pid in workers}
-    for a, b in ((low, mid), (low, high)):
-        accepted, dialled = _links_between(a, b, listens, sockets)
-        assert len(dialled) == 1 and accepted == dialled, (
-            f"between workers {a} and {b} expected one connection dialled by {b} "
-            f"to {listens[a]}; {b} dialled {dialled}, {a} accepted {accepted}"
+    held = await _held(d, workers)
+    expected = {
+        low: [(1, False), (mid, False), (high, False)],
+        mid: [(1, False), (low, True)],
+        high: [(1, False), (low, True)],
+    }
+    for pid in workers:
+        assert _shape(held[pid]) == sorted(expected[pid], key=str), (
+            f"after calls {low}->{mid} and {high}->{low}, worker {pid} holds "
+            f"{held[pid]}; expected (peer, dialled) {expected[pid]}: one "
+            "connection per pair that spoke, dialled by the higher pid"
         )
-        reverse = _links_between(b, a, listens, sockets)
-        assert reverse == ([], []), f"worker {a} dialled the higher pid {b}: {reverse}"
-    counts = tuple(len(sockets[pid].connected) for pid in workers)
-    assert counts == (3, 2, 2), (
-        f"after two worker-to-worker calls, workers {workers} hold {counts} "
-        "connections, not (3, 2, 2)"
-    )
-    accepted, dialled = _links_between(mid, high, listens, sockets)
-    assert (accepted, dialled) == ([], []), (
-        f"workers {mid} and {high} never spoke, yet are connected: {dialled}"
-    )
+    # One connection per pair: both ends name the same one.
+    for a, b in ((low, mid), (low, high)):
+        ends_a = {h.ident for h in held[a] if h.peer == b}
+        ends_b = {h.ident for h in held[b] if h.peer == a}
+        assert ends_a == ends_b and len(ends_a) == 1, (
+            f"workers {a} and {b} do not hold the two ends of one connection: "
+            f"{a} holds {ends_a}, {b} holds {ends_b}"
+        )
 
     # Later messages, in either direction, reuse the same connections.
     with within(PATIENCE, "more worker-to-worker calls"):
         for caller, callee in ((low, mid), (mid, low), (low, high), (high, low)) * 2:
             answer = await d.remotecall_fetch(myid_of, caller, d, callee)
             assert answer == callee, f"worker {caller} asked {callee}, got {answer}"
-    before = sockets
-    sockets = {pid: await _sockets(d, pid) for pid in workers}
+    before = held
+    held = await _held(d, workers)
     for pid in workers:
-        assert sorted(sockets[pid].connected) == sorted(before[pid].connected), (
-            f"worker {pid}'s connections changed on reuse: "
-            f"{before[pid].connected} -> {sockets[pid].connected}"
+        assert held[pid] == before[pid], (
+            f"worker {pid}'s connections changed on reuse: {before[pid]} -> {held[pid]}"
         )
