@@ -333,7 +333,13 @@ class Process:
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of this process (``myid()`` is ours)."""
         assert self.nursery is not None, "Process.start() was not called"
-        self.nursery.start_soon(self._in_context, fn, *args)
+        if peek_current() is self:
+            # A new task starts in a copy of its spawner's context, which
+            # makes this process current already: no wrapper needed (it
+            # would cost a frame on every step of the task).
+            self.nursery.start_soon(fn, *args)
+        else:
+            self.nursery.start_soon(self._in_context, fn, *args)
 
     async def _in_context(self, fn: Callable[..., Any], *args: Any) -> None:
         token = set_current(self)
@@ -970,7 +976,9 @@ class Process:
         self._waiting[answer] = (slot, pid)
         sent = adopted = False
         try:
-            link = await self.link_to(pid)
+            link = self.links.get(pid)
+            if link is None or link.closed:
+                link = await self.link_to(pid)
             await link.send(header, msg)
             sent = True
             return await slot.wait()
