@@ -827,36 +827,34 @@ class Process:
         tb = "".join(traceback.format_exception(error))
         return RemoteException(self.myid, error, tb)
 
-    async def _invoke(
+    async def _run_call(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> object:
         """Run f; a raised exception becomes a RemoteException value.
 
         The call can be interrupted (``interrupt_calls``) while it awaits:
         it then ends with a RemoteException wrapping KeyboardInterrupt.  A
-        synchronous function runs to its end first (it holds the loop), and
-        the runtime's own helpers that serve references are never
-        interrupted: they work for callers elsewhere.
+        synchronous function runs to its end first (it holds the loop, so
+        nothing can interrupt it: it gets no cancel scope, which would cost
+        more than many a call), and the runtime's own helpers that serve
+        references are never interrupted: they work for callers elsewhere.
+        This frame is the one remote tracebacks start from.
         """
-        if getattr(f, _SERVES_REFERENCES, False):
-            return await self._run_call(f, args, kwargs)
-        scope = trio.CancelScope()
-        self._running_calls[scope] = None
-        try:
-            with scope:
-                return await self._run_call(f, args, kwargs)
-        finally:
-            self._running_calls.pop(scope, None)
-        # Only an interrupt ends the scope without a result.
-        return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
-
-    async def _run_call(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> object:
         try:
             result = f(*args, **kwargs)
             if inspect.isawaitable(result):
-                result = await result
+                if getattr(f, _SERVES_REFERENCES, False):
+                    # Serves a caller elsewhere: never interrupted.
+                    result = await result
+                    return result
+                scope = self._call_scope()
+                try:
+                    with scope:
+                        result = await result
+                finally:
+                    self._running_calls.pop(scope, None)
+                if scope.cancelled_caught:
+                    return _interrupted(self.myid)
             return result
         except Exception as exc:
             return self._capture(exc)
@@ -871,7 +869,25 @@ class Process:
                 exc.code,
             )
             self.stop(_exit_status(exc.code))
-            await trio.sleep_forever()
+            if getattr(f, _SERVES_REFERENCES, False):
+                await trio.sleep_forever()
+            scope = self._call_scope()
+            try:
+                with scope:
+                    await trio.sleep_forever()
+            finally:
+                self._running_calls.pop(scope, None)
+            return _interrupted(self.myid)
+
+    def _call_scope(self) -> trio.CancelScope:
+        """A cancel scope for a call, which ``interrupt_calls`` cancels.
+
+        The caller unregisters it (from ``_running_calls``) when the call
+        ends.
+        """
+        scope = trio.CancelScope()
+        self._running_calls[scope] = None
+        return scope
 
     def interrupt_calls(self) -> int:
         """Interrupt every call running here for a caller; returns how many.
@@ -894,7 +910,7 @@ class Process:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        value = await self._invoke(f, args, kwargs)
+        value = await self._run_call(f, args, kwargs)
         if not slot.is_set:
             slot.set(value)
 
@@ -906,12 +922,12 @@ class Process:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        await self._reply(link, notify, await self._invoke(f, args, kwargs))
+        await self._reply(link, notify, await self._run_call(f, args, kwargs))
 
     async def _run_store_reply(
         self, link: Link, notify: RRID, slot: Slot, msg: CallWaitMsg
     ) -> None:
-        value = await self._invoke(msg.f, msg.args, msg.kwargs)
+        value = await self._run_call(msg.f, msg.args, msg.kwargs)
         if not slot.is_set:
             slot.set(value)
         answer = value if isinstance(value, RemoteException) else "ok"
@@ -920,7 +936,7 @@ class Process:
     async def _run_quietly(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        value = await self._invoke(f, args, kwargs)
+        value = await self._run_call(f, args, kwargs)
         if isinstance(value, RemoteException):
             log.error("Process(%d) - error in remote_do:\n%s", self.myid, value)
 
@@ -1020,7 +1036,7 @@ class Process:
         cancelled with its caller, so it has no orphans.
         """
         if pid == self.myid:
-            value = await self._invoke(f, args, kwargs)
+            value = await self._run_call(f, args, kwargs)
         else:
             self._check_target(pid)
             notify = self.group.next_rrid()
@@ -1497,6 +1513,12 @@ class Process:
 
 #: What the remote traceback of an interrupted call says.
 _INTERRUPTED = "KeyboardInterrupt: the call was interrupted by interrupt()\n"
+
+
+def _interrupted(pid: int) -> RemoteException:
+    """What a call interrupted on process ``pid`` answers."""
+    return RemoteException(pid, KeyboardInterrupt(), _INTERRUPTED)
+
 
 #: Marks a runtime helper that serves a reference: never interrupted.
 _SERVES_REFERENCES = "_distref_serves_references"

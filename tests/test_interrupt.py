@@ -35,7 +35,16 @@ def _busy_for(seconds: float) -> str:
     return "finished"
 
 
-def _running_calls() -> int:
+async def _running_calls() -> int:
+    """How many calls interrupt() may cancel, counting this one.
+
+    Async on purpose: a plain function cannot be interrupted, so the
+    runtime does not register it.
+    """
+    return len(current_process()._running_calls)
+
+
+def _running_calls_seen_by_a_plain_function() -> int:
     return len(current_process()._running_calls)
 
 
@@ -79,6 +88,10 @@ async def test_sigint_fails_the_running_calls_and_the_worker_survives(
         )
         assert await ref.remotecall_fetch(os.getpid, 2) == ospid
         assert await ref.remotecall_fetch(_running_calls, 2) == 1  # this one
+        # A plain function cannot be interrupted: it takes no cancel scope.
+        assert (
+            await ref.remotecall_fetch(_running_calls_seen_by_a_plain_function, 2) == 0
+        )
 
         # A SIGINT from anywhere (not only interrupt()) is handled the same.
         assert await ref.remotecall_fetch(_kill_self_with_sigint, 3) > 0
