@@ -65,7 +65,14 @@ from ._refs import (
     Slot,
     sending_to,
 )
-from ._seams import LaunchedWorker, Launcher, ManagedWorker, Transport, WorkerHandle
+from ._seams import (
+    LaunchedWorker,
+    Launcher,
+    ManagedWorker,
+    ShieldedSend,
+    Transport,
+    WorkerHandle,
+)
 from .protocol.codec import CloudpickleCodec, Codec
 from .protocol.group import MASTER, Peer, PeerState, ProcessGroup
 from .protocol.messages import (
@@ -161,6 +168,9 @@ class Link:
         # False on a link we dialled until its identifying first message
         # (JoinPGRP, IdentifySocket) is written: nothing may precede it.
         self.identified = identified
+        self._send_shielded: ShieldedSend | None = getattr(
+            stream, "send_all_shielded", None
+        )
 
     async def send(self, header: Header, message: Message | None) -> None:
         """Encode and write one message; a broken link is ProcessExited.
@@ -193,18 +203,8 @@ class Link:
             # here would otherwise leave the stream mid-frame, condemning a
             # healthy link, and leave unknown whether the peer acts on the
             # message.  A peer that stops reading for the worker timeout
-            # condemns the link all the same.  (The deadline is given to
-            # the constructor: setting it on an entered scope costs more.)
-            with trio.CancelScope(
-                shield=True,
-                deadline=trio.current_time() + self.proc.worker_timeout,
-            ) as writing:
-                try:
-                    await self.stream.send_all(data)
-                except _STREAM_ERRORS:
-                    self.wire.send_failed()
-                    raise ProcessExitedException(self.peer) from None
-            if writing.cancelled_caught:
+            # condemns the link all the same.
+            if not await self._write_shielded(data):
                 # A partial write leaves the stream mid-frame: unusable.
                 self.wire.send_failed()
                 self.closed = True
@@ -212,6 +212,21 @@ class Link:
         finally:
             lock.release()
         self.proc.after_send(self.peer)
+
+    async def _write_shielded(self, data: bytes) -> bool:
+        """Write ``data`` shielded from cancellation; False at the deadline."""
+        deadline = trio.current_time() + self.proc.worker_timeout
+        try:
+            if self._send_shielded is not None:
+                return await self._send_shielded(data, deadline)
+            # The deadline goes to the constructor: setting it on an entered
+            # scope costs more.
+            with trio.CancelScope(shield=True, deadline=deadline) as writing:
+                await self.stream.send_all(data)
+            return not writing.cancelled_caught
+        except _STREAM_ERRORS:
+            self.wire.send_failed()
+            raise ProcessExitedException(self.peer) from None
 
     async def flush_notices(self) -> None:
         """Write the reference-count notices queued for this peer, if any."""
