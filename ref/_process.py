@@ -65,7 +65,14 @@ from ._refs import (
     Slot,
     sending_to,
 )
-from ._seams import LaunchedWorker, Launcher, ManagedWorker, Transport, WorkerHandle
+from ._seams import (
+    LaunchedWorker,
+    Launcher,
+    ManagedWorker,
+    ShieldedSend,
+    Transport,
+    WorkerHandle,
+)
 from .protocol.codec import CloudpickleCodec, Codec
 from .protocol.group import MASTER, Peer, PeerState, ProcessGroup
 from .protocol.messages import (
@@ -107,27 +114,35 @@ _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class _SendLock:
-    """A link's send lock: ``trio.Lock``, minus its schedule point when free.
+    """A link's send lock: a FIFO mutex with no schedule point when free.
 
     ``trio.Lock`` yields to the scheduler even when nobody holds it; a
-    sender that finds it free takes it at once instead, since the
-    ``send_all`` it goes on to is a schedule point anyway.  Cancellation is
-    unchanged: ``Link._write`` checks for it right after taking the lock.
+    sender that finds this lock free takes it at once instead, since the
+    ``send_all`` it goes on to is a schedule point anyway.  A contended
+    acquire checkpoints and parks as ``trio.Lock``'s does, and ``release``
+    hands the lock to the longest waiter, so the order of senders is
+    trio's.  It keeps no owner (``Link.send`` always releases in a
+    ``finally``), which spares the bookkeeping ``trio.Lock`` does on every
+    acquire and release.  Cancellation is unchanged: ``Link.send`` checks
+    for it right after taking the lock.
     """
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lot", "held")
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self._lot = trio.lowlevel.ParkingLot()
+        self.held = False
 
-    async def __aenter__(self) -> None:
-        if self._lock.locked():
-            await self._lock.acquire()
+    async def acquire_contended(self) -> None:
+        """Wait for the holder to hand the lock over (``held`` stays True)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._lot.park()
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark(count=1)
         else:
-            self._lock.acquire_nowait()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
+            self.held = False
 
 
 class Link:
@@ -153,56 +168,33 @@ class Link:
         # False on a link we dialled until its identifying first message
         # (JoinPGRP, IdentifySocket) is written: nothing may precede it.
         self.identified = identified
+        self._send_shielded: ShieldedSend | None = getattr(
+            stream, "send_all_shielded", None
+        )
 
-    async def send(self, header: Header, message: Message) -> None:
+    async def send(self, header: Header, message: Message | None) -> None:
         """Encode and write one message; a broken link is ProcessExited.
 
         Reference-count notices queued for this peer go first, in the same
         write, so the peer learns of every holder we announced before it
         sees any later operation of ours (a put, a fetch, a drop).
         Encoding happens under the lock so that reference-count notices
-        queued while pickling are ordered with the message itself.
+        queued while pickling are ordered with the message itself.  With
+        ``message`` None only the notices are written, if any.
         """
-        await self._write(header, message)
-
-    async def flush_notices(self) -> None:
-        """Write the reference-count notices queued for this peer, if any."""
-        await self._write(Header(), None)
-
-    async def _write(self, header: Header, message: Message | None) -> None:
         if self.closed:
             raise ProcessExitedException(self.peer)
-        async with self._lock:
+        lock = self._lock
+        if lock.held:
+            await lock.acquire_contended()
+        else:
+            lock.held = True
+        try:
             # A cancellation delivered while waiting for the lock must end
             # the send here, before a byte is written: send_all's own first
             # check would otherwise raise it and condemn a healthy link.
             await trio.lowlevel.checkpoint_if_cancelled()
-            notices = self.proc.take_notices(self.peer) if self.identified else ()
-            if isinstance(message, JoinPGRPMsg | IdentifySocketMsg):
-                self.identified = True
-            token = sending_to.set(self.peer)
-            try:
-                data = b""
-                if notices:
-                    data = self.wire.send(Header(), ClientsMsg(notices))
-                if message is not None:
-                    data += self.wire.send(header, message)
-            except ProtocolError:
-                # The link closed or broke while this send waited its turn.
-                raise ProcessExitedException(self.peer) from None
-            except Exception as exc:
-                self.proc.requeue_notices(self.peer, notices)
-                what = type(message).__name__ if message is not None else "notice"
-                raise TypeError(
-                    f"could not serialise a {what} for process {self.peer}: {exc}; "
-                    "functions, arguments and results must be picklable by "
-                    "cloudpickle (locks, sockets and open streams are not)"
-                ) from exc
-            except BaseException:
-                self.proc.requeue_notices(self.peer, notices)
-                raise
-            finally:
-                sending_to.reset(token)
+            data = self._encode(header, message)
             if not data:
                 return
             # The wire already counts the message as sent: finish writing it
@@ -212,19 +204,66 @@ class Link:
             # healthy link, and leave unknown whether the peer acts on the
             # message.  A peer that stops reading for the worker timeout
             # condemns the link all the same.
-            with trio.CancelScope(shield=True) as writing:
-                writing.deadline = trio.current_time() + self.proc.worker_timeout
-                try:
-                    await self.stream.send_all(data)
-                except _STREAM_ERRORS:
-                    self.wire.send_failed()
-                    raise ProcessExitedException(self.peer) from None
-            if writing.cancelled_caught:
+            if not await self._write_shielded(data):
                 # A partial write leaves the stream mid-frame: unusable.
                 self.wire.send_failed()
                 self.closed = True
                 raise ProcessExitedException(self.peer)
+        finally:
+            lock.release()
         self.proc.after_send(self.peer)
+
+    async def _write_shielded(self, data: bytes) -> bool:
+        """Write ``data`` shielded from cancellation; False at the deadline."""
+        deadline = trio.current_time() + self.proc.worker_timeout
+        try:
+            if self._send_shielded is not None:
+                return await self._send_shielded(data, deadline)
+            # The deadline goes to the constructor: setting it on an entered
+            # scope costs more.
+            with trio.CancelScope(shield=True, deadline=deadline) as writing:
+                await self.stream.send_all(data)
+            return not writing.cancelled_caught
+        except _STREAM_ERRORS:
+            self.wire.send_failed()
+            raise ProcessExitedException(self.peer) from None
+
+    async def flush_notices(self) -> None:
+        """Write the reference-count notices queued for this peer, if any."""
+        await self.send(Header(), None)
+
+    def _encode(self, header: Header, message: Message | None) -> bytes:
+        """The bytes of the queued notices and ``message``; under the lock."""
+        proc = self.proc
+        notices = proc.take_notices(self.peer) if self.identified else ()
+        if not self.identified and isinstance(message, JoinPGRPMsg | IdentifySocketMsg):
+            self.identified = True
+        token = sending_to.set(self.peer)
+        try:
+            if notices:
+                data = self.wire.send(Header(), ClientsMsg(notices))
+                if message is not None:
+                    data += self.wire.send(header, message)
+                return data
+            if message is not None:
+                return self.wire.send(header, message)
+            return b""
+        except ProtocolError:
+            # The link closed or broke while this send waited its turn.
+            raise ProcessExitedException(self.peer) from None
+        except Exception as exc:
+            proc.requeue_notices(self.peer, notices)
+            what = type(message).__name__ if message is not None else "notice"
+            raise TypeError(
+                f"could not serialise a {what} for process {self.peer}: {exc}; "
+                "functions, arguments and results must be picklable by "
+                "cloudpickle (locks, sockets and open streams are not)"
+            ) from exc
+        except BaseException:
+            proc.requeue_notices(self.peer, notices)
+            raise
+        finally:
+            sending_to.reset(token)
 
     async def aclose(self) -> None:
         self.closed = True
@@ -287,8 +326,9 @@ class Process:
         self._connect_failures: dict[int, str] = {}
         self._stub_times: dict[int, float] = {}
         self._acked: dict[int, trio.Event] = {}
-        # The calls running here for callers, which interrupt() cancels.
-        self._running_calls: dict[_RunningCall, None] = {}
+        # The scopes of the calls running here for callers, which
+        # interrupt() cancels (a dict: ordered, and O(1) to remove).
+        self._running_calls: dict[trio.CancelScope, None] = {}
         #: Custom transports: opens a stream to peer ``pid`` listening at
         #: ``(host, port)``; None means ``transport.connect(host, port)``.
         self.dial: Callable[[int, str, int], Awaitable[trio.abc.Stream]] | None = None
@@ -311,7 +351,13 @@ class Process:
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of this process (``myid()`` is ours)."""
         assert self.nursery is not None, "Process.start() was not called"
-        self.nursery.start_soon(self._in_context, fn, *args)
+        if peek_current() is self:
+            # A new task starts in a copy of its spawner's context, which
+            # makes this process current already: no wrapper needed (it
+            # would cost a frame on every step of the task).
+            self.nursery.start_soon(fn, *args)
+        else:
+            self.nursery.start_soon(self._in_context, fn, *args)
 
     async def _in_context(self, fn: Callable[..., Any], *args: Any) -> None:
         token = set_current(self)
@@ -799,54 +845,48 @@ class Process:
         tb = "".join(traceback.format_exception(error))
         return RemoteException(self.myid, error, tb)
 
-    async def _invoke(
+    async def _run_call(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> object:
         """Run f; a raised exception becomes a RemoteException value.
 
         The call can be interrupted (``interrupt_calls``) while it awaits,
         or by a KeyboardInterrupt raised inside it while it runs without
-        awaiting: it then ends with a RemoteException wrapping
-        KeyboardInterrupt.  The runtime's own helpers that serve references
-        are never interrupted: they work for callers elsewhere.
+        awaiting (a real worker's SIGINT handler does that, see
+        ``relay_interrupts``): it then ends with a RemoteException wrapping
+        KeyboardInterrupt.  A plain function gets no cancel scope (one would
+        cost more than many a call).  The runtime's own helpers that serve
+        references are never interrupted: they work for callers elsewhere.
+        This frame is the one remote tracebacks start from.
         """
-        if getattr(f, _SERVES_REFERENCES, False):
-            return await self._run_call(f, args, kwargs)
-        call = _RunningCall()
-        self._running_calls[call] = None
-        try:
-            with call.scope:
-                return await self._run_call(f, args, kwargs, interruptible=True)
-        finally:
-            self._running_calls.pop(call, None)
-        # Only an interrupt ends the scope without a result.
-        return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
-
-    async def _run_call(
-        self,
-        f: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        interruptible: bool = False,
-    ) -> object:
         try:
             # While a caller's f runs without awaiting, a SIGINT handler may
             # raise KeyboardInterrupt inside it (see relay_interrupts).
-            self.running_plain_call = interruptible
+            self.running_plain_call = not getattr(f, _SERVES_REFERENCES, False)
             try:
                 result = f(*args, **kwargs)
             finally:
                 self.running_plain_call = False
             if inspect.isawaitable(result):
-                result = await result
+                if getattr(f, _SERVES_REFERENCES, False):
+                    # Serves a caller elsewhere: never interrupted.
+                    result = await result
+                    return result
+                scope = self._call_scope()
+                try:
+                    with scope:
+                        result = await result
+                finally:
+                    self._running_calls.pop(scope, None)
+                if scope.cancelled_caught:
+                    return _interrupted(self.myid)
             return result
         except Exception as exc:
             return self._capture(exc)
         except KeyboardInterrupt:
             if self.myid == MASTER:
                 raise
-            return RemoteException(self.myid, KeyboardInterrupt(), _INTERRUPTED)
+            return _interrupted(self.myid)
         except SystemExit as exc:
             if self.myid == MASTER:
                 raise
@@ -860,6 +900,16 @@ class Process:
             self.stop(_exit_status(exc.code))
             await trio.sleep_forever()
 
+    def _call_scope(self) -> trio.CancelScope:
+        """A cancel scope for a call, which ``interrupt_calls`` cancels.
+
+        The caller unregisters it (from ``_running_calls``) when the call
+        ends.
+        """
+        scope = trio.CancelScope()
+        self._running_calls[scope] = None
+        return scope
+
     def interrupt_calls(self) -> int:
         """Interrupt every call running here for a caller; returns how many.
 
@@ -868,8 +918,8 @@ class Process:
         keeps serving.  With no call running it changes nothing.
         """
         calls = list(self._running_calls)
-        for call in calls:
-            call.scope.cancel()
+        for scope in calls:
+            scope.cancel()
         if calls:
             log.info("Process(%d) - interrupted %d call(s)", self.myid, len(calls))
         return len(calls)
@@ -881,7 +931,7 @@ class Process:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        value = await self._invoke(f, args, kwargs)
+        value = await self._run_call(f, args, kwargs)
         if not slot.is_set:
             slot.set(value)
 
@@ -893,12 +943,12 @@ class Process:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        await self._reply(link, notify, await self._invoke(f, args, kwargs))
+        await self._reply(link, notify, await self._run_call(f, args, kwargs))
 
     async def _run_store_reply(
         self, link: Link, notify: RRID, slot: Slot, msg: CallWaitMsg
     ) -> None:
-        value = await self._invoke(msg.f, msg.args, msg.kwargs)
+        value = await self._run_call(msg.f, msg.args, msg.kwargs)
         if not slot.is_set:
             slot.set(value)
         answer = value if isinstance(value, RemoteException) else "ok"
@@ -907,7 +957,7 @@ class Process:
     async def _run_quietly(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        value = await self._invoke(f, args, kwargs)
+        value = await self._run_call(f, args, kwargs)
         if isinstance(value, RemoteException):
             log.error("Process(%d) - error in remote_do:\n%s", self.myid, value)
 
@@ -963,7 +1013,9 @@ class Process:
         self._waiting[answer] = (slot, pid)
         sent = adopted = False
         try:
-            link = await self.link_to(pid)
+            link = self.links.get(pid)
+            if link is None or link.closed:
+                link = await self.link_to(pid)
             await link.send(header, msg)
             sent = True
             return await slot.wait()
@@ -1005,7 +1057,7 @@ class Process:
         cancelled with its caller, so it has no orphans.
         """
         if pid == self.myid:
-            value = await self._invoke(f, args, kwargs)
+            value = await self._run_call(f, args, kwargs)
         else:
             self._check_target(pid)
             notify = self.group.next_rrid()
@@ -1480,17 +1532,14 @@ class Process:
         return True
 
 
-class _RunningCall:
-    """A call running for a caller, with the scope that interrupts it."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        self.scope = trio.CancelScope()
-
-
 #: What the remote traceback of an interrupted call says.
 _INTERRUPTED = "KeyboardInterrupt: the call was interrupted by interrupt()\n"
+
+
+def _interrupted(pid: int) -> RemoteException:
+    """What a call interrupted on process ``pid`` answers."""
+    return RemoteException(pid, KeyboardInterrupt(), _INTERRUPTED)
+
 
 #: Marks a runtime helper that serves a reference: never interrupted.
 _SERVES_REFERENCES = "_distref_serves_references"

@@ -62,6 +62,17 @@ class ConnectionTable(Protocol):
         ...
 
 
+#: An optional capability of a transport's streams, found as the stream's
+#: ``send_all_shielded`` method: ``await send_all_shielded(data, deadline)``
+#: must do exactly what ``send_all(data)`` inside
+#: ``trio.CancelScope(shield=True, deadline=deadline)`` does, same schedule
+#: points included, and answer False where that scope would have caught the
+#: deadline's cancellation (True once ``data`` is written).  The runtime
+#: writes every message that way; a stream that can often finish without a
+#: cancel scope (the simulator's) saves the cost of one per message.
+ShieldedSend = Callable[[bytes, float], Awaitable[bool]]
+
+
 class WorkerHandle(Protocol):
     """The launcher's grip on one started worker, to stop and reap it."""
 

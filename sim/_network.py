@@ -240,6 +240,57 @@ class SimStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    async def send_all_shielded(self, data: bytes, deadline: float) -> bool:
+        """``send_all`` in a shielded scope with ``deadline``, mostly without one.
+
+        What ``ref._seams.ShieldedSend`` asks for.  While the write takes no
+        virtual time the scope would change nothing: the step's checkpoint
+        is then only a schedule point (the shield hides the caller's
+        cancellation, and the deadline lies ahead).  So a write by a node
+        neither slow nor hung, into a window with room, takes that schedule
+        point alone; whatever may wait (a hang begun meanwhile, a full
+        window) waits inside the real scope, in ``send_all``'s order.
+        """
+        node = self.node
+        if self._sending or node.step_delay > 0 or node.hung:
+            with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                await self.send_all(data)
+            return not scope.cancelled_caught
+        self._sending = True
+        try:
+            network = self._network
+            described = network.describe(node, data) if network.tracing else None
+            # node.step() of a node neither slow nor hung, shielded.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if node.hung:
+                with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                    await node.wait_resumed()
+                    await self._write_checked(data, described)
+                return not scope.cancelled_caught
+            self._check_writable()
+            out = self._out
+            if out.unread > 0 and out.unread + len(data) > network.window:
+                with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                    await self._wait_for_window(len(data))
+                    if data:
+                        network.send(self, out, data, described)
+                return not scope.cancelled_caught
+            if data:
+                network.send(self, out, data, described)
+            return True
+        finally:
+            self._sending = False
+
+    async def _write_checked(self, data: bytes, described: _Described | None) -> None:
+        """What ``send_all`` does after its step."""
+        self._check_writable()
+        out = self._out
+        network = self._network
+        if out.unread > 0 and out.unread + len(data) > network.window:
+            await self._wait_for_window(len(data))
+        if data:
+            network.send(self, out, bytes(data), described)
+
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is writing to this stream")

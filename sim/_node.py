@@ -120,6 +120,11 @@ class Node:
         while self.hung:
             await self._resumed.wait()
 
+    async def wait_resumed(self) -> None:
+        """Return once this node is not hung (at once if it is not)."""
+        while self.hung:
+            await self._resumed.wait()
+
     def take_note(self, frame_len: int, overhead: int) -> MessageNote | None:
         """The codec's note, if it describes a frame of ``frame_len`` bytes."""
         note, self.pending_note = self.pending_note, None

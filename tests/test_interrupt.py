@@ -36,7 +36,16 @@ def _busy_for(seconds: float) -> str:
     return "finished"
 
 
-def _running_calls() -> int:
+async def _running_calls() -> int:
+    """How many calls interrupt() may cancel, counting this one.
+
+    Async on purpose: a plain function is interrupted by the signal handler
+    raising inside it, not through a registered cancel scope.
+    """
+    return len(current_process()._running_calls)
+
+
+def _running_calls_seen_by_a_plain_function() -> int:
     return len(current_process()._running_calls)
 
 
@@ -80,6 +89,10 @@ async def test_sigint_fails_the_running_calls_and_the_worker_survives(
         )
         assert await ref.remotecall_fetch(os.getpid, 2) == ospid
         assert await ref.remotecall_fetch(_running_calls, 2) == 1  # this one
+        # A plain function takes no cancel scope (a signal interrupts it).
+        assert (
+            await ref.remotecall_fetch(_running_calls_seen_by_a_plain_function, 2) == 0
+        )
 
         # A SIGINT from anywhere (not only interrupt()) is handled the same:
         # here it lands in the plain function that sent it.

@@ -355,3 +355,105 @@ def test_an_error_while_delivering_from_the_hook_fails_the_run(
     with pytest.raises(BaseExceptionGroup) as caught:
         _simulate(main)
     assert caught.group_contains(RuntimeError, match="delivery failed")
+
+
+# ``send_all_shielded`` must do what ``send_all`` in a shielded cancel scope
+# with the deadline does (``ref._seams.ShieldedSend``); the runtime writes
+# every message through it.
+
+
+def test_a_shielded_write_finishes_although_its_caller_is_cancelled() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            with trio.CancelScope() as caller:
+                caller.cancel()
+                written = await one.send_all_shielded(b"x", trio.current_time() + 5)
+                finished = True
+                await trio.lowlevel.checkpoint()  # the cancellation lands here
+            assert written and finished and caller.cancelled_caught
+            assert await two.receive_some() == b"x"
+
+    _simulate(main)
+
+
+def test_a_shielded_write_gives_up_at_its_deadline_when_the_window_stays_full() -> None:
+    async def main() -> None:
+        config = NetworkConfig(latency=Constant(0.01), window=1000)
+        async with _network(config) as net:
+            one, two = await _pair(net, *_nodes(1, 2))
+            await one.send_all(b"x" * 1000)
+            began = trio.current_time()
+            assert not await one.send_all_shielded(b"y", began + 5)
+            assert trio.current_time() == pytest.approx(began + 5)
+            assert await two.receive_some() == b"x" * 1000
+            with trio.move_on_after(1.0):
+                await two.receive_some()
+                raise AssertionError("the abandoned write arrived")
+
+    _simulate(main)
+
+
+@pytest.mark.parametrize(("resume_after", "written"), [(2.0, True), (9.0, False)])
+def test_a_shielded_write_by_a_hung_node_waits_for_its_resume_or_deadline(
+    resume_after: float, written: bool
+) -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            a, b = _nodes(1, 2)
+            one, two = await _pair(net, a, b)
+            a.hang()
+
+            async def resume() -> None:
+                await trio.sleep(resume_after)
+                a.resume()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(resume)
+                began = trio.current_time()
+                assert await one.send_all_shielded(b"z", began + 5) is written
+                assert trio.current_time() == pytest.approx(
+                    began + min(resume_after, 5)
+                )
+            with trio.move_on_after(1.0):
+                assert await two.receive_some() == b"z"
+                assert written, "the abandoned write arrived"
+
+    _simulate(main)
+
+
+class _HangsOnSecondLook(Node):
+    """A node that is hung from the second time anyone checks."""
+
+    looks = 0
+
+    @property  # type: ignore[override]  # a property over Node's attribute
+    def hung(self) -> bool:
+        self.looks += 1
+        return self.looks > 1 and not self.resumed_once
+
+    @hung.setter
+    def hung(self, value: bool) -> None:
+        self.resumed_once = not value and self.looks > 0
+
+
+def test_a_hang_that_begins_during_the_writes_schedule_point_is_waited_out() -> None:
+    async def main() -> None:
+        async with _network(NetworkConfig(latency=Constant(0.01))) as net:
+            a = _HangsOnSecondLook(0, "n1", 1000, fixed_pid=1)
+            (b,) = _nodes(2)
+            one, two = await _pair(net, a, b)
+            a.looks = 0
+
+            async def resume() -> None:
+                await trio.sleep(3.0)
+                a.resume()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(resume)
+                began = trio.current_time()
+                assert await one.send_all_shielded(b"w", began + 5)
+                assert trio.current_time() == pytest.approx(began + 3)
+            assert await two.receive_some() == b"w"
+
+    _simulate(main)

@@ -24,11 +24,18 @@ from dataclasses import dataclass
 
 from spec.api import RRID
 
-from .messages import Header
+from .messages import NULL_RRID, Header
 
 BOUNDARY = bytes.fromhex("798e8ef56e9b2e97d57d")
 _LENGTH = struct.Struct("<Q")
 _HEADER = struct.Struct("<qqqq")
+#: Length and header together: one pack or unpack per frame instead of two.
+_PREFIX = struct.Struct("<Qqqqq")
+# Sizes as plain ints: read for every frame.
+_LENGTH_SIZE = _LENGTH.size
+_HEADER_SIZE = _HEADER.size
+_PREFIX_SIZE = _PREFIX.size
+_BOUNDARY_SIZE = len(BOUNDARY)
 
 #: Frames larger than this are refused as corrupt rather than buffered.
 MAX_FRAME = 1 << 40
@@ -48,13 +55,15 @@ class Frame:
 
 def encode_frame(header: Header, body: bytes) -> bytes:
     """Return the bytes of one frame carrying ``header`` and ``body``."""
-    head = _HEADER.pack(
-        header.response.whence,
-        header.response.id,
-        header.notify.whence,
-        header.notify.id,
+    response, notify = header.response, header.notify
+    prefix = _PREFIX.pack(
+        _HEADER_SIZE + len(body),
+        response.whence,
+        response.id,
+        notify.whence,
+        notify.id,
     )
-    return b"".join((_LENGTH.pack(_HEADER.size + len(body)), head, body, BOUNDARY))
+    return b"".join((prefix, body, BOUNDARY))
 
 
 class FrameDecoder:
@@ -78,22 +87,30 @@ class FrameDecoder:
         Raises ``FramingError`` when the stream is corrupt.
         """
         buf = self._buffer
-        if len(buf) < _LENGTH.size:
+        have = len(buf)
+        if have < _LENGTH_SIZE:
             return None
 
         (length,) = _LENGTH.unpack_from(buf, 0)
-        if length < _HEADER.size or length > MAX_FRAME:
+        if length < _HEADER_SIZE or length > MAX_FRAME:
             raise FramingError(f"frame length {length} is out of range")
 
-        end = _LENGTH.size + length
-        total = end + len(BOUNDARY)
-        if len(buf) < total:
+        end = _LENGTH_SIZE + length
+        total = end + _BOUNDARY_SIZE
+        if have < total:
             return None
 
         if buf[end:total] != BOUNDARY:
             raise FramingError("frame boundary mismatch: the stream is corrupt")
 
-        rw, ri, nw, ni = _HEADER.unpack_from(buf, _LENGTH.size)
-        body = bytes(buf[_LENGTH.size + _HEADER.size : end])
+        _, rw, ri, nw, ni = _PREFIX.unpack_from(buf, 0)
+        body = bytes(buf[_PREFIX_SIZE:end])
         del buf[:total]
-        return Frame(Header(RRID(rw, ri), RRID(nw, ni)), body)
+        return Frame(Header(_rrid(rw, ri), _rrid(nw, ni)), body)
+
+
+def _rrid(whence: int, ident: int) -> RRID:
+    # Most headers name one reference and leave the other null: share it.
+    if ident == 0 and whence == 0:
+        return NULL_RRID
+    return RRID(whence, ident)

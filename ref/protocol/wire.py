@@ -102,6 +102,14 @@ class NeedData(enum.Enum):
 
 NEED_DATA = NeedData.NEED_DATA
 
+# Enum members as module globals: looking one up on its class costs several
+# times more, and the open state is checked for every frame.
+_OPEN = WireState.OPEN
+_AWAIT_COOKIE = WireState.AWAIT_COOKIE
+_AWAIT_VERSION = WireState.AWAIT_VERSION
+_CLOSED = WireState.CLOSED
+_ERROR = WireState.ERROR
+
 Event = Authenticated | Received | Undecodable | Closed
 
 
@@ -138,23 +146,24 @@ class WireConnection:
         """Feed bytes from the peer; ``b""`` means the peer closed."""
         if not data:
             self._eof = True
-        elif self.state in (WireState.AWAIT_COOKIE, WireState.AWAIT_VERSION):
+        elif self.state is _AWAIT_COOKIE or self.state is _AWAIT_VERSION:
             self._raw += data
         else:
             self._frames.feed(data)
 
     def next_event(self) -> Event | NeedData:
         """Return the next event, or ``NEED_DATA``; raises ``ProtocolError``."""
-        if self.state is WireState.ERROR:
+        state = self.state
+        if state is _OPEN:
+            return self._next_frame()
+        if state is _ERROR:
             raise ProtocolError("connection is in its error state")
-        if self.state is WireState.CLOSED:
+        if state is _CLOSED:
             return Closed()
 
-        if self.state is WireState.AWAIT_COOKIE:
+        if state is _AWAIT_COOKIE:
             return self._accept()
-        if self.state is WireState.AWAIT_VERSION:
-            return self._read_version()
-        return self._next_frame()
+        return self._read_version()
 
     def send(self, header: Header, message: Message) -> bytes:
         """Return the bytes of one frame carrying ``message``.
@@ -162,8 +171,8 @@ class WireConnection:
         Encoding errors (an unpicklable argument) propagate to the caller and
         leave the connection usable, since nothing was written.
         """
-        if self.state is not WireState.OPEN and not (
-            self.role is Role.INITIATOR and self.state is WireState.AWAIT_VERSION
+        if self.state is not _OPEN and not (
+            self.role is Role.INITIATOR and self.state is _AWAIT_VERSION
         ):
             raise ProtocolError(f"cannot send in state {self.state.value}")
         return encode_frame(header, self._codec.dumps(message))
