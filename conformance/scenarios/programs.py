@@ -126,9 +126,16 @@ async def workers_started_by_hand_dial_the_elastic_manager_and_join(
 
             await eventually(both_joined, "two elastic workers joining")
             pids = d.workers()
-            assert sorted(manager.active) == pids, (
-                f"the manager's active workers {sorted(manager.active)} are not "
-                f"workers() {pids}"
+
+            # manage(..., "register") runs in a task of its own once a
+            # worker joined (as upstream's does), so it may come a moment
+            # after workers() lists the worker.
+            async def registered() -> bool:
+                return sorted(manager.active) == pids
+
+            await eventually(
+                registered,
+                f"the manager's active workers never matched workers() {pids}",
             )
             for pid in pids:
                 assert await d.remotecall_fetch(d.myid, pid) == pid
