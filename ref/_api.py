@@ -174,12 +174,14 @@ def _same_host(proc: Process, pid: int) -> list[int]:
     alive = set(proc.group.procs())
     if pid == 1 or pid in proc.local_pids:
         return sorted({1} | (proc.local_pids & alive))
-    host = proc.lookup(pid).host
-    return [
-        p
-        for p in sorted(alive)
-        if p not in (1, proc.myid) and proc.lookup(p).host == host
-    ]
+    # Every worker bound where pid is, the asker included when it is one
+    # (the master never is: it is not a worker).
+    host = _host_of(proc, pid)
+    return [p for p in sorted(alive) if p != 1 and _host_of(proc, p) == host]
+
+
+def _host_of(proc: Process, pid: int) -> str:
+    return proc.host if pid == proc.myid else proc.lookup(pid).host
 
 
 def workers(pool: Any = None) -> list[int]:

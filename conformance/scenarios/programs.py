@@ -270,3 +270,46 @@ def _has(outcome: list[object]) -> Callable[[], Awaitable[bool]]:
         return bool(outcome)
 
     return probe
+
+
+@scenario("procs.pid-same-bind-address", needs=PROGRAMS)
+async def procs_of_a_worker_started_by_hand_are_those_bound_where_it_is(
+    d: DistributedAPI,
+) -> None:
+    manager = d.ElasticManager()
+    host, port = await manager.start()
+    dial = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cookie = d.cluster_cookie() + "\n"
+    with within(PATIENCE, "addprocs(1)"):
+        [local] = await d.addprocs(1)
+    async with (
+        d.probes.run_program("elastic", dial, stdin=cookie),
+        d.probes.run_program("elastic", dial, stdin=cookie),
+    ):
+
+        async def all_joined() -> bool:
+            return d.nworkers() == 3
+
+        await eventually(all_joined, "two elastic workers joining")
+        everyone = d.workers()
+        by_hand = [p for p in everyone if p != local]
+
+        # Every worker here listens on the same address (one host), so for a
+        # worker the local manager did not start, procs(pid) is every worker
+        # bound there, the master excluded; for the local manager's, the
+        # master and its workers.
+        for p in by_hand:
+            assert d.procs(p) == everyone, (
+                f"procs({p}) for a worker started by hand is {d.procs(p)}, not "
+                f"every worker bound at its address {everyone}"
+            )
+            seen = await d.remotecall_fetch(d.procs, local, p)
+            assert seen == everyone, (
+                f"procs({p}) evaluated on worker {local} is {seen}, not {everyone}"
+            )
+        assert d.procs(local) == [1, local], (
+            f"procs({local}) for the local manager's worker is {d.procs(local)}, "
+            f"not [1, {local}]"
+        )
+        removal = await d.rmprocs(everyone, waitfor=PATIENCE)
+        assert removal.done, f"rmprocs({everyone}) did not finish"
