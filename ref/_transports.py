@@ -423,14 +423,46 @@ async def _relay_before_listening(proc: Process, nursery: trio.Nursery) -> None:
     await nursery.start(relay_interrupts, proc)
 
 
+#: Seconds a worker whose launcher has gone may take to stop by itself
+#: before the watcher thread ends the OS process.
+LAUNCHER_GONE_GRACE = 5.0
+
+
 async def _stop_at_eof(fd: int, ready: trio.Event, procs: list[Process]) -> None:
-    """Stop the worker when its launcher's end of stdin closes."""
-    stream = trio.lowlevel.FdStream(fd)
-    async with stream:
-        while await stream.receive_some():
-            pass
+    """Stop the worker when its launcher's end of stdin closes.
+
+    The pipe is watched from a thread, not a trio task: a call computing
+    without awaiting holds the trio loop, and a worker whose master was
+    killed must not spin on for ever.  On end of file the thread asks trio
+    to stop the process; if the process is still there after
+    ``LAUNCHER_GONE_GRACE`` seconds (the loop is held), it ends it.
+    """
+    token = trio.lowlevel.current_trio_token()
+
+    def stop() -> None:
+        if procs:
+            procs[0].stop(1)
+
+    def watch() -> None:
+        with open(fd, "rb", buffering=0, closefd=True) as pipe:
+            while pipe.read(4096):
+                pass
+        try:
+            token.run_sync_soon(stop)
+        except trio.RunFinishedError:
+            return
+        threading.Event().wait(LAUNCHER_GONE_GRACE)
+        log.error(
+            "Process(%s) - the launcher has gone and this worker did not stop "
+            "within %g s (a call is holding it); exiting",
+            procs[0].myid if procs else "?",
+            LAUNCHER_GONE_GRACE,
+        )
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="distref-launcher-watch", daemon=True).start()
     await ready.wait()
-    procs[0].stop(1)
 
 
 __all__ = [

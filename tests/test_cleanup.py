@@ -75,32 +75,46 @@ async def test_cancelled_block_with_a_pending_call_leaves_no_worker() -> None:
 
 MASTER_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, time
     import trio
     import ref
 
-    async def main(out):
+    def spin():
+        while True:
+            pass
+
+    async def main(out, busy):
         async with ref.open_cluster():
             pids = await ref.addprocs(2)
             ospids = [await ref.remotecall_fetch(os.getpid, p) for p in pids]
+            if busy == "busy":
+                # Calls that hold each worker's loop for good.
+                for p in pids:
+                    await ref.remote_do(spin, p)
+                await trio.sleep(0.5)
             with open(out + ".tmp", "w") as f:
                 json.dump(ospids, f)
             os.replace(out + ".tmp", out)
             await trio.sleep_forever()
 
-    trio.run(main, sys.argv[1])
+    trio.run(main, sys.argv[1], sys.argv[2])
     """
 )
 
 
-async def test_workers_exit_when_their_master_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["idle", "busy"])
+async def test_workers_exit_when_their_master_is_killed(
+    tmp_path: Path, workers: str
+) -> None:
+    """Busy workers too: their calls hold the trio loop, so a thread watches
+    the launcher's pipe and ends a worker that cannot stop by itself."""
     script = tmp_path / "master.py"
     script.write_text(MASTER_SCRIPT)
     out = tmp_path / "ospids.json"
     errors = tmp_path / "master.err"
     with errors.open("wb") as stderr:
         master = await trio.lowlevel.open_process(
-            [sys.executable, str(script), str(out)],
+            [sys.executable, str(script), str(out), workers],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=tmp_path,
@@ -117,7 +131,7 @@ async def test_workers_exit_when_their_master_is_killed(tmp_path: Path) -> None:
         master.kill()
         with trio.fail_after(5):
             await master.wait()
-        left = await wait_until_gone(ospids, bound=10)
+        left = await wait_until_gone(ospids, bound=20)
         assert not left, f"workers outlived their killed master: {left}"
     finally:
         if master.returncode is None:

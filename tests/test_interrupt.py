@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -28,12 +29,6 @@ async def _announce_and_sleep(started: ref.RemoteChannel, seconds: float) -> str
     await ref.put(started, ref.myid())
     await trio.sleep(seconds)
     return "slept"
-
-
-def _busy_for(seconds: float) -> str:
-    """A plain function: it holds the worker's loop until it returns."""
-    time.sleep(seconds)
-    return "finished"
 
 
 async def _running_calls() -> int:
@@ -110,14 +105,26 @@ async def _error_of(fut: ref.Future) -> ref.RemoteException:
     raise AssertionError("the future did not fail")
 
 
+def _mark_then_busy_for(marker: str, seconds: float) -> str:
+    """A plain function that says it has started, then holds the loop."""
+    Path(marker).write_text("started")
+    time.sleep(seconds)
+    return "finished"
+
+
 async def test_a_plain_function_that_never_awaits_is_interrupted_too(
-    open_test_cluster: OpenTestCluster,
+    open_test_cluster: OpenTestCluster, tmp_path: Path
 ) -> None:
+    marker = tmp_path / "started"
     async with open_test_cluster(1):
         # A minute of holding the worker's loop: only the signal handler
         # raising inside it can end it within the bound below.
-        fut = await ref.remotecall(_busy_for, 2, 60.0)
-        await trio.sleep(0.3)  # it is running by now, holding the loop
+        fut = await ref.remotecall(_mark_then_busy_for, 2, str(marker), 60.0)
+        # An interrupt only reaches calls already running (the signal is not
+        # kept for later ones), so wait until this one is.
+        with trio.fail_after(30):
+            while not marker.exists():
+                await trio.sleep(0.02)
         await ref.interrupt(2)
         await _interrupted(fut)
 
