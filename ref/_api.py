@@ -203,6 +203,11 @@ def cluster_cookie(cookie: str | None = None) -> str:
     proc = current_process()
     if cookie is None:
         return proc.cookie
+    if not isinstance(cookie, str):
+        raise TypeError(
+            f"cluster_cookie: cookie={cookie!r} is not a str; pass at most 16 "
+            "ASCII characters"
+        )
     if not cookie.isascii() or len(cookie) > 16:
         raise ValueError(
             f"cluster_cookie: cookie={cookie!r} must be at most 16 ASCII characters"
@@ -308,14 +313,33 @@ class Removal:
             self._finished.set()
 
 
-def _flatten(pids: Iterable[int | Iterable[int]]) -> list[int]:
+def _flatten(call: str, pids: Iterable[object]) -> list[int]:
+    """Pids given one by one, as iterables of pids, or both; checked."""
     flat: list[int] = []
     for item in pids:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             flat.append(item)
-        else:
-            flat.extend(item)
+            continue
+        # A str is iterable, and a float or bool would pass for a number:
+        # none of them names processes.
+        if isinstance(item, (str, bytes, bytearray)) or not isinstance(item, Iterable):
+            raise TypeError(
+                f"{call}: pid {item!r} is not an int; pass pids as ints or "
+                "iterables of ints"
+            )
+        items = list(item)
+        for pid in items:
+            if not _is_pid(pid):
+                raise TypeError(
+                    f"{call}: pid {pid!r} in {item!r} is not an int; pass pids "
+                    "as ints or iterables of ints"
+                )
+        flat.extend(items)
     return flat
+
+
+def _is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Removal:
@@ -332,7 +356,7 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
         raise ValueError(f"rmprocs: waitfor={waitfor!r} must be >= 0")
 
     targets: list[int] = []
-    for pid in _flatten(pids):
+    for pid in _flatten("rmprocs", pids):
         if pid == 1:
             log.warning("rmprocs: process 1 not removed")
         elif proc.known_pid(pid) and pid not in targets:
