@@ -32,6 +32,7 @@ from . import _pools
 from ._channel import Channel
 from ._config import worker_timeout as configured_worker_timeout
 from ._context import current_process, peek_current, reset_current, set_current
+from ._interrupt import flatten_pids
 from ._local import LocalLauncher
 from ._process import Process
 from ._refs import Future, RemoteChannel
@@ -313,35 +314,6 @@ class Removal:
             self._finished.set()
 
 
-def _flatten(call: str, pids: Iterable[object]) -> list[int]:
-    """Pids given one by one, as iterables of pids, or both; checked."""
-    flat: list[int] = []
-    for item in pids:
-        if isinstance(item, int) and not isinstance(item, bool):
-            flat.append(item)
-            continue
-        # A str is iterable, and a float or bool would pass for a number:
-        # none of them names processes.
-        if isinstance(item, (str, bytes, bytearray)) or not isinstance(item, Iterable):
-            raise TypeError(
-                f"{call}: pid {item!r} is not an int; pass pids as ints or "
-                "iterables of ints"
-            )
-        items = list(item)
-        for pid in items:
-            if not _is_pid(pid):
-                raise TypeError(
-                    f"{call}: pid {pid!r} in {item!r} is not an int; pass pids "
-                    "as ints or iterables of ints"
-                )
-        flat.extend(items)
-    return flat
-
-
-def _is_pid(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Removal:
     """Remove workers: ask each to exit and wait up to ``waitfor`` seconds.
 
@@ -356,7 +328,7 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
         raise ValueError(f"rmprocs: waitfor={waitfor!r} must be >= 0")
 
     targets: list[int] = []
-    for pid in _flatten("rmprocs", pids):
+    for pid in flatten_pids("rmprocs", pids):
         if pid == 1:
             log.warning("rmprocs: process 1 not removed")
         elif proc.known_pid(pid) and pid not in targets:
