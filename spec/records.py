@@ -671,7 +671,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = max(status, 1)
             continue
         except (OSError, ModelError) as exc:
-            sys.stderr.write(f"{path}: cannot check: {exc}\n")
+            # Most messages start with the file's name already: once is enough.
+            message = str(exc)
+            if isinstance(exc, OSError) and exc.strerror:
+                message = exc.strerror
+            if not message.startswith(path):
+                message = f"{path}: {message}"
+            sys.stderr.write(f"cannot check {message}\n")
             status = 2
             continue
         left_out = ", ".join(
