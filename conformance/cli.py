@@ -62,8 +62,12 @@ def build_parser(backend_names: Sequence[str]) -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"judge this backend, repeatable (default: {', '.join(backend_names)})",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
-    parser.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML")
+    parser.add_argument(
+        "--json", type=_report_path, metavar="FILE", help="write a JSON report"
+    )
+    parser.add_argument(
+        "--junit", type=_report_path, metavar="FILE", help="write JUnit XML"
+    )
     parser.add_argument(
         "--timeout",
         type=_positive_seconds,
@@ -126,14 +130,6 @@ def main(
     if args.only is not None and not any(args.only in b.id for b in catalogue):
         print(f"conformance: no behaviour ID contains {args.only!r}", file=sys.stderr)
         return 2
-    for target in (args.json, args.junit):
-        if target is not None and not Path(target).parent.is_dir():
-            print(
-                f"conformance: cannot write a report to {target}: "
-                "its folder does not exist",
-                file=sys.stderr,
-            )
-            return 2
     # Scenarios provoke errors on purpose; the runtime's logs of them would
     # bury the table.  Only the printing to the terminal is filtered, and
     # only for this run: scenarios that watch the runtime's logger still see
@@ -182,6 +178,21 @@ def _choose(available: Sequence[Backend], names: list[str] | None) -> list[Backe
     # In the order asked for, each once.
     by_name = {backend.name: backend for backend in available}
     return [by_name[name] for name in dict.fromkeys(names)]
+
+
+def _report_path(text: str) -> Path:
+    """A file a report can be written to, checked before the run, not after."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a folder; name a file to write the report to"
+        )
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"cannot write a report to {text!r}: folder {str(path.parent)!r} "
+            "does not exist"
+        )
+    return path
 
 
 def _positive_seconds(text: str) -> float:

@@ -32,6 +32,7 @@ from . import _pools
 from ._channel import Channel
 from ._config import worker_timeout as configured_worker_timeout
 from ._context import current_process, peek_current, reset_current, set_current
+from ._interrupt import flatten_pids
 from ._local import LocalLauncher
 from ._process import Process
 from ._refs import Future, RemoteChannel
@@ -203,6 +204,11 @@ def cluster_cookie(cookie: str | None = None) -> str:
     proc = current_process()
     if cookie is None:
         return proc.cookie
+    if not isinstance(cookie, str):
+        raise TypeError(
+            f"cluster_cookie: cookie={cookie!r} is not a str; pass at most 16 "
+            "ASCII characters"
+        )
     if not cookie.isascii() or len(cookie) > 16:
         raise ValueError(
             f"cluster_cookie: cookie={cookie!r} must be at most 16 ASCII characters"
@@ -308,16 +314,6 @@ class Removal:
             self._finished.set()
 
 
-def _flatten(pids: Iterable[int | Iterable[int]]) -> list[int]:
-    flat: list[int] = []
-    for item in pids:
-        if isinstance(item, int):
-            flat.append(item)
-        else:
-            flat.extend(item)
-    return flat
-
-
 async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Removal:
     """Remove workers: ask each to exit and wait up to ``waitfor`` seconds.
 
@@ -332,7 +328,7 @@ async def rmprocs(*pids: int | Iterable[int], waitfor: float = math.inf) -> Remo
         raise ValueError(f"rmprocs: waitfor={waitfor!r} must be >= 0")
 
     targets: list[int] = []
-    for pid in _flatten(pids):
+    for pid in flatten_pids("rmprocs", pids):
         if pid == 1:
             log.warning("rmprocs: process 1 not removed")
         elif proc.known_pid(pid) and pid not in targets:

@@ -34,14 +34,33 @@ from ._context import current_process
 from ._seams import WorkerHandle
 
 
-def _flatten(pids: Iterable[int | Iterable[int]]) -> list[int]:
+def flatten_pids(call: str, pids: Iterable[object]) -> list[int]:
+    """Pids given one by one, as iterables of pids, or both; checked."""
     flat: list[int] = []
     for item in pids:
-        if isinstance(item, int):
+        if isinstance(item, int) and not isinstance(item, bool):
             flat.append(item)
-        else:
-            flat.extend(item)
+            continue
+        # A str is iterable, and a float or bool would pass for a number:
+        # none of them names processes.
+        if isinstance(item, (str, bytes, bytearray)) or not isinstance(item, Iterable):
+            raise TypeError(
+                f"{call}: pid {item!r} is not an int; pass pids as ints or "
+                "iterables of ints"
+            )
+        items = list(item)
+        for pid in items:
+            if not _is_pid(pid):
+                raise TypeError(
+                    f"{call}: pid {pid!r} in {item!r} is not an int; pass pids "
+                    "as ints or iterables of ints"
+                )
+        flat.extend(items)
     return flat
+
+
+def _is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 async def interrupt(*pids: int | Iterable[int]) -> None:
@@ -60,7 +79,7 @@ async def interrupt(*pids: int | Iterable[int]) -> None:
             "can interrupt workers"
         )
     if pids:
-        targets = list(dict.fromkeys(_flatten(pids)))
+        targets = list(dict.fromkeys(flatten_pids("interrupt", pids)))
     else:
         targets = [p for p in proc.group.workers() if p != 1]
 

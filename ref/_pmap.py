@@ -226,6 +226,8 @@ async def retrying(
         delay = next(remaining, _END)
         if delay is _END:
             return await _unwrapped(attempt)
+        # Checked as drawn: the delays may be lazy or endless.
+        _check_delay(delay)
         try:
             return await _unwrapped(attempt)
         except Exception as exc:
@@ -235,6 +237,18 @@ async def retrying(
                     raise
                 remaining = iter(state)
         await trio.sleep(delay)  # type: ignore[arg-type]  # not _END
+
+
+def _check_delay(delay: object) -> None:
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(
+            f"pmap: retry_delays gave {delay!r}; each delay must be a number of seconds"
+        )
+    if not delay >= 0:  # NaN too
+        raise ValueError(
+            f"pmap: retry_delays gave {delay!r}; each delay must be a number of "
+            "seconds >= 0"
+        )
 
 
 # ------------------------------------------------------- worker side

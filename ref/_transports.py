@@ -298,6 +298,18 @@ async def relay_interrupts(
 FIRST_PORT = 9000
 
 
+class ListenError(OSError):
+    """A worker could not listen where it was told to (message says why)."""
+
+    def __str__(self) -> str:
+        # Without the "[Errno n]" prefix: the message already names it.
+        return str(self.strerror)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _ListenFrom:
     """TCP that listens on ``port``, or for 0 on the first free port upward."""
 
@@ -316,11 +328,20 @@ class _ListenFrom:
             except OSError as exc:
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES) and port < last:
                     continue
-                raise
+                # An unresolvable name (gaierror) or an address that is not
+                # this host's: the worker cannot serve, say so plainly.
+                reason = exc.strerror or str(exc)
+                raise ListenError(
+                    exc.errno, f"cannot listen on {_hostport(host, port)}: {reason}"
+                ) from exc
             bound = int(listeners[0].socket.getsockname()[1])
             nursery.start_soon(trio.serve_listeners, handler, listeners)
             return host, bound
-        raise OSError(errno.EADDRINUSE, f"no free port from {first} on {host}")
+        raise ListenError(
+            errno.EADDRINUSE,
+            f"cannot listen on {_hostport(host, first)}: no free port from "
+            f"{first} to {last}",
+        )
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
         return await self._tcp.connect(host, port)
@@ -363,8 +384,30 @@ def start_worker(
     # SIGUSR1 prints every thread's stack and goes on (upstream's profile
     # peek); the local manager sends it to a worker that will not exit.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    code = trio.run(_run_tcp_worker, padded, bind_to, port, stream, watched)
+    try:
+        code = trio.run(_run_tcp_worker, padded, bind_to, port, stream, watched)
+    except BaseExceptionGroup as group:
+        # The nurseries wrap it; the caller wants the one reason.
+        failed = _only_listen_error(group)
+        if failed is None:
+            raise
+        raise failed from None
     raise SystemExit(code)
+
+
+def _only_listen_error(group: BaseExceptionGroup[BaseException]) -> ListenError | None:
+    """The ListenError that is ``group``'s only leaf, if it is one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], ListenError):
+        return leaves[0]
+    return None
 
 
 def _dup_if_pipe(fd: int) -> int | None:
@@ -466,6 +509,7 @@ async def _stop_at_eof(fd: int, ready: trio.Event, procs: list[Process]) -> None
 
 
 __all__ = [
+    "ListenError",
     "PeerConfig",
     "PeerConnector",
     "init_worker",

@@ -145,9 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 
+    # The cookie is read first, so a bad cookie file stops the worker before
+    # it looks for a route to the master or dials it.
     if args.cookie_file:
-        with open(args.cookie_file) as source:
-            cookie = source.readline().rstrip("\n")
+        try:
+            with open(args.cookie_file, encoding="ascii") as source:
+                cookie = source.readline().rstrip("\n")
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            sys.stderr.write(
+                f"ref.elastic: cannot read --cookie-file {args.cookie_file}: {reason}\n"
+            )
+            return 2
     else:
         cookie = sys.stdin.readline().rstrip("\n")
     bind_to = args.bind_to or route_address(*master)

@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from ._transports import start_worker
+from ._transports import ListenError, start_worker
 
 
 def parse_bind_to(text: str) -> tuple[str, int]:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             close_stdin=False,
             stderr_to_stdout=False,
         )
-    except ValueError as exc:
+    except (ValueError, ListenError) as exc:
         sys.stderr.write(f"ref.worker: {exc}\n")
         return 2
     except SystemExit as done:

@@ -54,6 +54,7 @@ from .lifecycles import ModelError
 from .refinement import Checker, HistoryEvent, Invoke, Refuted, Respond
 
 __all__ = [
+    "RECORDED_APIS",
     "SIM_TRACE_FORMAT",
     "FileVerdict",
     "Untranslatable",
@@ -69,6 +70,46 @@ Record = dict[str, Any]
 #: The simulator's trace format name, and the first version with records.
 SIM_TRACE_FORMAT = "distref-sim-trace"
 FIRST_VERSION_WITH_RECORDS = 2
+#: The newest trace format version this reader knows (``sim.FORMAT_VERSION``).
+LATEST_VERSION = 2
+
+#: The API names ``ref._history`` records calls under: a record naming any
+#: other is not from a recording (a test keeps the two lists in step).
+RECORDED_APIS = frozenset(
+    {
+        "addprocs",
+        "rmprocs",
+        "procs",
+        "workers",
+        "nprocs",
+        "nworkers",
+        "remotecall",
+        "remotecall_fetch",
+        "remotecall_wait",
+        "remote_do",
+        "fetch",
+        "wait",
+        "isready",
+        "put",
+        "take",
+        "close",
+        "isopen",
+        "isempty",
+        "pmap",
+        "push",
+        "default_worker_pool",
+        "interrupt",
+        "kill",
+        "WorkerPool",
+        "Future",
+        "RemoteChannel",
+        "pool.take",
+        "pool.put",
+        "pool.length",
+        "pool.isready",
+        "pool.workers",
+    }
+)
 
 _RECORD_KINDS = frozenset({"api_call", "api_return", "api_raise"})
 #: Trace events the translation needs besides the records.
@@ -85,27 +126,45 @@ def read_records(text: str, *, source: str = "input") -> list[list[Record]]:
     """The API records in ``text``, one list per cluster the run opened.
 
     ``text`` is a simulator trace (header first) or a plain history of
-    records.  A trace older than format version 2 carries no records:
-    that raises ModelError naming the version, as does a line that is not
-    JSON or a header of another format.
+    records.  ModelError, naming the line, for: an empty text; a header of
+    another format, or of a version older than 2 (no records) or newer
+    than this reader knows; a line that is not a JSON object; in a file
+    without header, a line that is not a record; a record missing a field
+    or calling an API that is never recorded (``RECORDED_APIS``).
     """
-    lines = [line for line in text.splitlines() if line.strip()]
     clusters: list[list[Record]] = [[]]
-    for number, line in enumerate(lines, 1):
+    seen = trace = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}, line {number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ModelError(f"{source}, line {number}: not JSON ({exc})") from None
+            raise ModelError(f"{where}: not JSON ({exc})") from None
         if not isinstance(record, dict):
-            raise ModelError(f"{source}, line {number}: not a JSON object")
-        if number == 1 and "format" in record:
+            raise ModelError(f"{where}: not a JSON object")
+        if not seen and "format" in record:
+            seen = trace = True
             _check_header(record, source)
             continue
+        seen = True
         kind = record.get("kind")
-        if kind == "cluster" and clusters[-1]:
-            clusters.append([])
+        if kind == "cluster":
+            if clusters[-1]:
+                clusters.append([])
         elif kind in _RECORD_KINDS or kind in _EVENT_KINDS:
+            _check_record(record, where)
             clusters[-1].append(record)
+        elif not trace:
+            # A recorded history holds records only: anything else means
+            # the file is not what it was taken for.
+            raise ModelError(
+                f"{where}: kind={kind!r} is not an API record and the file has "
+                f"no {SIM_TRACE_FORMAT!r} header: not a trace or a recorded history"
+            )
+    if not seen:
+        raise ModelError(f"{source}: empty: no header and no records")
     return clusters
 
 
@@ -121,6 +180,40 @@ def _check_header(header: Record, source: str) -> None:
             f"{source}: trace format version={version!r} carries no API history; "
             f"record the run again (version {FIRST_VERSION_WITH_RECORDS} or later)"
         )
+    if version > LATEST_VERSION:
+        raise ModelError(
+            f"{source}: trace format version={version!r} is unknown (this reader "
+            f"knows versions {FIRST_VERSION_WITH_RECORDS} to {LATEST_VERSION}); "
+            "use a spec as new as the simulator that wrote it"
+        )
+
+
+#: Fields each kind of record must have, with their JSON types.
+_FIELDS: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    "api_call": (("call", int), ("pid", int), ("api", str), ("args", list)),
+    "api_return": (("call", int), ("value", object)),
+    "api_raise": (("call", int), ("error", str)),
+    "fault": (("fault", str),),
+    "reset": (("a", int), ("b", int)),
+    "launch": (),
+}
+
+
+def _check_record(record: Record, where: str) -> None:
+    kind = record["kind"]
+    for field, types in _FIELDS[kind]:
+        if field not in record:
+            raise ModelError(f"{where}: {kind} record without {field!r}")
+        value = record[field]
+        if not isinstance(value, types) or (types is int and isinstance(value, bool)):
+            raise ModelError(f"{where}: {kind} record with {field}={value!r}")
+    if kind == "api_call" and record["api"] not in RECORDED_APIS:
+        raise ModelError(
+            f"{where}: api={record['api']!r} is not an API a recording reports "
+            "(see spec.records.RECORDED_APIS)"
+        )
+    if kind == "api_call" and not isinstance(record.get("kwargs", {}), dict):
+        raise ModelError(f"{where}: api_call record with kwargs={record['kwargs']!r}")
 
 
 # ------------------------------------------------------------ translation
@@ -326,7 +419,9 @@ class _Translator:
 
     def outcome(self, call: int, record: Record) -> m.Outcome:
         if record["kind"] == "api_raise":
-            return m.Raised(record["error"], record["error_pid"], record["inner"])
+            return m.Raised(
+                record["error"], record.get("error_pid"), record.get("inner")
+            )
         value = record["value"]
         if isinstance(value, dict) and "rrid" in value and call in self.named:
             self.refs[_rrid(value)] = self.named[call]
@@ -521,7 +616,14 @@ def check_file(
     Each cluster starts without workers: its records must include the
     ``addprocs`` calls that made them.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError(
+            f"{path}: not UTF-8 text (byte {exc.start}): not a trace or a "
+            "recorded history"
+        ) from None
     checked = 0
     skipped: dict[str, int] = {}
     clusters = read_records(text, source=str(path))
@@ -569,7 +671,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = max(status, 1)
             continue
         except (OSError, ModelError) as exc:
-            sys.stderr.write(f"{path}: cannot check: {exc}\n")
+            # Most messages start with the file's name already: once is enough.
+            message = str(exc)
+            if isinstance(exc, OSError) and exc.strerror:
+                message = exc.strerror
+            if not message.startswith(path):
+                message = f"{path}: {message}"
+            sys.stderr.write(f"cannot check {message}\n")
             status = 2
             continue
         left_out = ", ".join(

@@ -217,3 +217,38 @@ def test_blocking_facade_covers_channels_pools_pmap_and_the_macros(
     assert reports["loop_done"] is True
     assert reports["interrupted"] == "KeyboardInterrupt"
     assert_gone(reports["ospids"])
+
+
+BAD_INPUT_SCRIPT = """
+def error_of(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        return [type(exc).__name__, str(exc)]
+    return None
+
+def fail(x):
+    raise KeyError(x)
+
+report(
+    cookie=error_of(d.cluster_cookie, 5),
+    rmprocs_float=error_of(d.rmprocs, 2.0),
+    rmprocs_str=error_of(d.rmprocs, "x"),
+    delays=error_of(d.pmap, fail, [1], retry_delays=[-1]),
+)
+d.close()
+"""
+
+
+def test_the_facade_refuses_bad_arguments_as_the_api_does(tmp_path: Path) -> None:
+    reports = run_script(tmp_path, BAD_INPUT_SCRIPT)
+    assert reports["cookie"] == [
+        "TypeError",
+        "cluster_cookie: cookie=5 is not a str; pass at most 16 ASCII characters",
+    ]
+    assert reports["rmprocs_float"][:1] == ["TypeError"]  # type: ignore[index]
+    assert "2.0" in reports["rmprocs_float"][1]  # type: ignore[index]
+    assert reports["rmprocs_str"][:1] == ["TypeError"]  # type: ignore[index]
+    assert "'x'" in reports["rmprocs_str"][1]  # type: ignore[index]
+    assert reports["delays"][:1] == ["ValueError"]  # type: ignore[index]
+    assert "retry_delays gave -1" in reports["delays"][1]  # type: ignore[index]

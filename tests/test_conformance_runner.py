@@ -751,6 +751,31 @@ def test_main_exits_2_on_bad_arguments(registry: Registry, argv: list[str]) -> N
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("option", ["--json", "--junit"])
+@pytest.mark.parametrize("where", ["folder", "missing/report.xml"])
+def test_main_refuses_a_report_path_it_cannot_write_before_running(
+    registry: Registry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    where: str,
+) -> None:
+    ran: list[str] = []
+
+    @registry.scenario("b.one")
+    async def fine(d: DistributedAPI) -> None:
+        ran.append("b.one")
+
+    (tmp_path / "folder").mkdir()
+    target = tmp_path / where
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(registry, option, str(target), fakes=[FakeBackend("fake")])
+
+    assert exit_info.value.code == 2
+    assert ran == []
+    assert f"{option}: " in capsys.readouterr().err
+
+
 def test_main_runs_only_the_chosen_backend_and_writes_reports(
     registry: Registry, tmp_path: Path
 ) -> None:

@@ -57,3 +57,9 @@ def test_pad_cookie_pads_to_sixteen_and_refuses_the_rest() -> None:
     for wrong in ("x" * (COOKIE_LENGTH + 1), "caf\u00e9", b"bytes"):
         with pytest.raises(ValueError, match="cookie="):
             pad_cookie(wrong)  # type: ignore[arg-type]  # bytes is the mistake
+
+
+async def test_a_cookie_that_is_not_a_str_is_a_type_error_naming_it() -> None:
+    async with ref.open_cluster():
+        with pytest.raises(TypeError, match=r"cluster_cookie: cookie=5 is not a str"):
+            ref.cluster_cookie(5)  # type: ignore[arg-type]  # the point

@@ -24,6 +24,7 @@ import trio
 from daemons import TAG_VARIABLE, assert_no_workers
 
 import ref
+from ref import elastic
 from ref.elastic import split_address
 from ref.managers import ElasticManager
 
@@ -197,3 +198,28 @@ def test_worker_address_argument_is_checked() -> None:
     for bad in ("nohost", "h:0", "h:x", ":5"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             split_address(bad)
+
+
+@pytest.mark.parametrize("problem", ["missing", "folder", "binary"])
+def test_a_cookie_file_that_cannot_be_read_stops_before_any_dialling(
+    problem: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "cookie"
+    if problem == "folder":
+        path.mkdir()
+    elif problem == "binary":
+        path.write_bytes(b"\xff\xfe\x00cookie\n")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the master was looked for despite the bad cookie file")
+
+    monkeypatch.setattr(elastic, "route_address", never)
+    monkeypatch.setattr(elastic, "serve_elastic_worker", never)
+    argv = ["127.0.0.1:1", "--cookie-file", str(path)]
+    assert elastic.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ref.elastic: cannot read --cookie-file {path}: ")
+    assert err.count("\n") == 1, err

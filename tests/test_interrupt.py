@@ -175,3 +175,10 @@ async def test_interrupt_is_for_the_master_and_its_workers_only(
         await ref.interrupt()  # every worker; none is running anything
         await trio.sleep(0.3)
         assert await ref.remotecall_fetch(ref.myid, 2) == 2
+
+
+@pytest.mark.parametrize("bad", ["2", 2.0, True, [2, "3"]])
+async def test_interrupt_refuses_what_is_not_a_pid(bad: object) -> None:
+    async with ref.open_cluster():
+        with pytest.raises(TypeError, match=r"interrupt: pid .* is not an int"):
+            await ref.interrupt(bad)  # type: ignore[arg-type]  # the point

@@ -271,3 +271,34 @@ async def test_a_local_pmap_equals_map(items: list[int], size: int) -> None:
         async with ref.open_cluster():
             got = await ref.pmap(_square, items, batch_size=size, distributed=False)
     assert got == [x * x for x in items]
+
+
+@pytest.mark.parametrize(
+    ("delays", "error"),
+    [
+        ([-1], ValueError),
+        ([float("nan")], ValueError),
+        (["1"], TypeError),
+        # Lazy and endless: the bad delay is found when it is drawn.
+        (itertools.chain([0.0], itertools.repeat(-2.5)), ValueError),
+    ],
+)
+async def test_a_bad_retry_delay_is_refused_when_drawn(
+    delays: Any, error: type[Exception]
+) -> None:
+    attempts = 0
+
+    async def attempt() -> Any:
+        nonlocal attempts
+        attempts += 1
+        raise KeyError("again")
+
+    with pytest.raises(error, match="pmap: retry_delays gave"):
+        await retrying(attempt, Delays(delays), None)
+    assert attempts == (1 if isinstance(delays, itertools.chain) else 0)
+
+
+async def test_pmap_refuses_a_negative_retry_delay() -> None:
+    async with ref.open_cluster():
+        with pytest.raises(ValueError, match=r"retry_delays gave -1\b"):
+            await ref.pmap(abs, [1], retry_delays=[-1])

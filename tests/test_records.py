@@ -8,6 +8,7 @@ tests pin the reader without running a cluster; the trace campaign
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,4 +192,63 @@ def test_old_and_foreign_files_are_refused_with_the_reason() -> None:
     with pytest.raises(ModelError, match="not a simulator trace"):
         records.read_records('{"format":"other","version":2}\n')
     with pytest.raises(ModelError, match="line 2: not JSON"):
-        records.read_records('{"kind":"api_call"}\nnope\n')
+        records.read_records(json.dumps(call(0, "nprocs")) + "\nnope\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "empty: no header and no records"),
+        ("\n  \n", "empty: no header and no records"),
+        ("{}", "line 1: kind=None is not an API record"),
+        ('{"kind":"end"}', "line 1: kind='end' is not an API record"),
+        (json.dumps({**HEADER, "version": 99}), "version=99 is unknown"),
+        ('{"kind":"api_call","call":0,"api":"procs","args":[]}', "without 'pid'"),
+        ('{"kind":"api_call","call":0,"pid":true,"api":"procs","args":[]}', "pid=True"),
+        ('{"kind":"api_return","value":1}', "api_return record without 'call'"),
+        ('{"kind":"fault"}', "fault record without 'fault'"),
+        ("\n" + json.dumps(call(0, "frobnicate")), "line 2: api='frobnicate'"),
+    ],
+)
+def test_what_is_not_a_recording_is_refused_naming_the_line(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(ModelError, match=re.escape(problem)) as info:
+        records.read_records(text, source="in.jsonl")
+    assert str(info.value).startswith("in.jsonl")
+
+
+def test_the_command_line_refuses_bad_files_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = {
+        "empty.jsonl": (b"", "empty"),
+        "binary.jsonl": (bytes(range(128, 256)), "not UTF-8 text (byte 0)"),
+        "frob.jsonl": (json.dumps(call(0, "frobnicate")).encode(), "line 1: api="),
+    }
+    for name, (data, problem) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert records.main([str(path)]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.count("\n") == 1 and str(path) in err and problem in err
+
+
+def test_the_recorded_api_names_match_the_recording() -> None:
+    from ref import _history
+
+    assert {
+        *_history.RECORDED,
+        *(f"pool.{name}" for name in _history.POOL_METHODS),
+        "kill",
+        "WorkerPool",
+        "Future",
+        "RemoteChannel",
+    } == records.RECORDED_APIS
+
+
+def test_the_newest_trace_version_is_the_simulators() -> None:
+    import sim
+
+    assert records.LATEST_VERSION == sim.FORMAT_VERSION

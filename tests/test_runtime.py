@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -738,3 +739,22 @@ async def test_remote_channel_refuses_two_pids() -> None:
         async with ref.open_cluster():
             with pytest.raises(TypeError, match="give a pid once"):
                 ref.RemoteChannel(5, 2)
+
+
+@pytest.mark.parametrize(
+    ("pids", "named"),
+    [
+        ((2.0,), "2.0"),
+        (("x",), "'x'"),
+        ((b"\x02",), "b'\\x02'"),
+        ((True,), "True"),
+        (([2, 3.5],), "3.5"),
+        ((None,), "None"),
+    ],
+)
+async def test_rmprocs_refuses_what_is_not_a_pid_naming_it(
+    pids: tuple[object, ...], named: str
+) -> None:
+    async with ref.open_cluster():
+        with pytest.raises(TypeError, match=re.escape(f"rmprocs: pid {named}")):
+            await ref.rmprocs(*pids)  # type: ignore[arg-type]  # the point

@@ -458,3 +458,30 @@ async def test_start_worker_never_returns() -> None:
         assert process.stdout is not None
         rest = await process.stdout.receive_some()
         assert b"returned" not in rest
+
+
+@pytest.mark.parametrize(
+    ("bind_to", "reason"),
+    [
+        # A .invalid name never resolves (RFC 6761), and the lookup is local.
+        ("nosuchhost.invalid", "nosuchhost.invalid:"),
+        # TEST-NET-1 is no address of this host: binding fails, sends nothing.
+        ("192.0.2.1:9", "192.0.2.1:9: "),
+    ],
+)
+def test_a_worker_that_cannot_listen_says_so_in_one_line(
+    bind_to: str, reason: str
+) -> None:
+    done = subprocess.run(
+        [*WORKER, "--bind-to", bind_to, "--cookie", "x"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+        timeout=BOUND,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"ref.worker: cannot listen on {reason}")
+    assert done.stderr.count("\n") == 1, done.stderr
