@@ -13,7 +13,9 @@ loaded), and 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -134,18 +136,22 @@ def main(
     # bury the table.  Only the printing to the terminal is filtered, and
     # only for this run: scenarios that watch the runtime's logger still see
     # every record.  -v shows them.
+    # Likewise the workers' output that the master relays to its stdout
+    # ("From worker N: ..."): it is set aside unless -v.
     quieted = [] if args.verbose else _terminal_handlers()
+    relayed = contextlib.nullcontext() if args.verbose else _set_aside_stdout()
     for handler in quieted:
         handler.addFilter(_quiet_runtime)
     try:
-        report = run_suite(
-            catalogue,
-            found,
-            chosen,
-            seed=args.seed,
-            timeout=args.timeout,
-            only=args.only,
-        )
+        with relayed:
+            report = run_suite(
+                catalogue,
+                found,
+                chosen,
+                seed=args.seed,
+                timeout=args.timeout,
+                only=args.only,
+            )
     finally:
         for handler in quieted:
             handler.removeFilter(_quiet_runtime)
@@ -156,6 +162,18 @@ def main(
     if args.junit is not None:
         write_junit(report, args.junit)
     return 0 if report.ok else 1
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what is written to it."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _set_aside_stdout() -> contextlib.AbstractContextManager[object]:
+    """Send what is written to ``sys.stdout`` during the run nowhere."""
+    return contextlib.redirect_stdout(_Discard())
 
 
 def _terminal_handlers() -> list[logging.Handler]:
