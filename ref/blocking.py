@@ -119,9 +119,23 @@ def start(**cluster_options: Any) -> None:
 
 
 def _get() -> _Loop:
+    _refuse_inside_trio()
     start()
     assert _loop is not None
     return _loop
+
+
+def _refuse_inside_trio() -> None:
+    """The blocking facade is for code outside trio; say what to use inside."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "ref.blocking was called from inside trio.run, where it would block "
+        "the event loop: in async code use the async API instead (for "
+        "example `await ref.addprocs(2)` inside `async with ref.open_cluster()`)"
+    )
 
 
 _STOP_CLUSTER: Any = object()

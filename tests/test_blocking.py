@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+import trio
 from conftest import leftover_worker
 
 SCRIPT_BOUND = 60.0
@@ -252,3 +254,16 @@ def test_the_facade_refuses_bad_arguments_as_the_api_does(tmp_path: Path) -> Non
     assert "'x'" in reports["rmprocs_str"][1]  # type: ignore[index]
     assert reports["delays"][:1] == ["ValueError"]  # type: ignore[index]
     assert "retry_delays gave -1" in reports["delays"][1]  # type: ignore[index]
+
+
+def test_the_facade_inside_trio_run_says_to_use_the_async_api() -> None:
+    from ref import blocking
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match=r"await ref\.addprocs"):
+            blocking.addprocs(1)
+        with pytest.raises(RuntimeError, match=r"inside trio\.run"):
+            blocking.myid()
+
+    trio.run(main)
+    assert blocking._loop is None, "the refused calls started a cluster"
