@@ -295,6 +295,15 @@ class Removal:
     def done(self) -> bool:
         return self._finished.is_set()
 
+    def __repr__(self) -> str:
+        if not self.done:
+            state = "in progress"
+        elif self._error is not None:
+            state = f"failed: {self._error}"
+        else:
+            state = "done"
+        return f"<Removal of {self.pids}: {state}>"
+
     async def wait(self) -> None:
         await self._finished.wait()
         if self._error is not None:

@@ -411,7 +411,8 @@ async def test_nested_call_error_is_wrapped_by_each_hop(
 
 async def test_pids_are_never_reused(open_test_cluster: OpenTestCluster) -> None:
     async with open_test_cluster(2):
-        await ref.rmprocs(2, 3)
+        removal = await ref.rmprocs(2, 3)
+        assert repr(removal) == "<Removal of [2, 3]: done>"
         assert ref.workers() == [1]
         assert await ref.addprocs(1) == [4]
         assert await ref.remotecall_fetch(ref.myid, 4) == 4
