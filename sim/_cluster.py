@@ -111,6 +111,7 @@ class World:
         self.trace = run.trace
         self.tasks = WorldTasks(nursery)
         self._nursery = self.tasks
+        run.world_stoppers.append(self.tasks.stop)
         self._launch_rng = run.rng(f"cluster{index}.launch")
         # Apart from launches, so that a scenario starting programs leaves
         # the draws of its addprocs launches where they were.
