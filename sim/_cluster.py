@@ -250,6 +250,21 @@ class World:
                 self._why_missing(fields.get("pid")),
             )
 
+    def warn_unfired(self) -> None:
+        """Warn about each planned fault the cluster ended before injecting.
+
+        A fault timed after the end of the run does nothing, and would
+        otherwise go unnoticed: the run looks as if it survived the fault.
+        Only logged: a trace event for it would change the trace format.
+        """
+        for fault in self.faults.unfired():
+            log.warning(
+                "fault %s was never injected: cluster %d ended at %.6f s first",
+                fault,
+                self.index,
+                trio.current_time(),
+            )
+
     def _why_missing(self, pid: object) -> str:
         # A fault that hits nothing is usually a mistake in the plan (a pid
         # that was never added), so the warning says which case it is.
@@ -444,6 +459,7 @@ async def open_cluster(
                         check.raise_if_leaked()
             finally:
                 _world.reset(token)
+                world.warn_unfired()
                 world.tasks.stop()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
