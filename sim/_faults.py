@@ -298,10 +298,27 @@ def _build(kind: type[Fault] | type[RandomFaults], body: str) -> Fault | RandomF
                 f"{', '.join(f.name for f in dataclasses.fields(kind))}"
             )
         kwargs[key] = _convert(kind.__name__, key, hints[key], raw.strip())
+    missing = [
+        f.name
+        for f in dataclasses.fields(kind)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(
+            f"{kind.__name__}: missing {', '.join(missing)} "
+            f"(e.g. {fault_kind_name(kind)}:{'=...,'.join(missing)}=...)"
+        )
     try:
         return kind(**kwargs)  # type: ignore[arg-type]  # checked by the class
     except TypeError as exc:
         raise ValueError(f"{kind.__name__}: {exc}") from None
+
+
+def fault_kind_name(kind: type[Fault] | type[RandomFaults]) -> str:
+    """The name ``FaultPlan.parse`` knows ``kind`` by."""
+    return next(name for name, cls in FAULT_KINDS.items() if cls is kind)
 
 
 def _convert(owner: str, key: str, hint: object, raw: str) -> object:
