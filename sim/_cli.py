@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 import time
@@ -25,10 +26,12 @@ from .scenarios import SCENARIOS, run_builtin
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_seeds(argv))
     if args.command == "list":
         return _list(sys.stdout)
 
+    # Errors name the subcommand's usage, which lists the option at fault.
+    command: argparse.ArgumentParser = args.subparser
     # The runtime's warnings (a worker terminated...) help read one run;
     # over a sweep of seeds they are noise.
     level = logging.WARNING if args.command == "run" else logging.ERROR
@@ -36,19 +39,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         faults = FaultPlan.parse(args.faults) if args.faults else None
     except ValueError as exc:
-        parser.error(f"--faults: {exc}")
+        command.error(f"--faults: {exc}")
     if args.scenario not in SCENARIOS:
-        parser.error(
+        command.error(
             f"unknown scenario {args.scenario!r}; known: {', '.join(SCENARIOS)} "
             "(see 'python -m sim list')"
         )
     if args.command == "run" and args.trace is not None:
-        folder = Path(args.trace).resolve().parent
+        # Checked before the run, which would otherwise fail only at the end.
+        target = Path(args.trace)
+        folder = target.resolve().parent
+        if target.is_dir():
+            command.error(f"--trace {args.trace}: is a directory, give a file name")
         if not folder.is_dir():
-            parser.error(f"--trace {args.trace}: folder {folder} does not exist")
+            command.error(f"--trace {args.trace}: folder {folder} does not exist")
     if args.command == "run":
         return _run(args, faults, sys.stdout)
     return _sweep(args, faults, sys.stdout, sys.stderr)
+
+
+def _glue_negative_seeds(argv: Sequence[str] | None) -> list[str]:
+    """``--seeds -3..-1`` as ``--seeds=-3..-1``.
+
+    argparse takes a value starting with ``-`` for an option unless it
+    looks like a plain negative number, which ``-3..-1`` does not.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    glued: list[str] = []
+    for word in words:
+        if glued and glued[-1] == "--seeds" and _NEGATIVE_RANGE.match(word):
+            glued[-1] = f"--seeds={word}"
+        else:
+            glued.append(word)
+    return glued
+
+
+_NEGATIVE_RANGE = re.compile(r"^-\d+(\.\.-?\d+)?$")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,18 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the built-in scenarios")
 
     run = commands.add_parser("run", help="run one scenario with one seed")
+    run.set_defaults(subparser=run)
     _common(run)
     run.add_argument("--seed", type=int, required=True, help="the run's seed")
     run.add_argument("--trace", metavar="FILE", help="write the trace to FILE")
 
     sweep = commands.add_parser("sweep", help="run one scenario over many seeds")
+    sweep.set_defaults(subparser=sweep)
     _common(sweep)
     sweep.add_argument(
         "--seeds",
         type=_seed_range,
         required=True,
         metavar="A..B",
-        help="the seeds to run, both ends included",
+        help="the seeds to run, both ends included (negative seeds too: -3..-1)",
     )
     sweep.add_argument(
         "--keep-going", action="store_true", help="run every seed, report all failures"

@@ -122,6 +122,25 @@ class SimClock(trio.abc.Clock):
             self._still()
         return self.now
 
+    def abort(self, error: BaseException) -> None:
+        """End the run from its loop: ``trio.run`` fails at its next pass.
+
+        For a run stuck beyond recovery (a task spinning under a shield):
+        trio's own ways of stopping a run all wait for every task to
+        finish, and this one does not.  Every reading of the clock raises
+        ``error`` from now on, and the run loop reads it on every pass, so
+        the loop ends there and then (``trio.run`` raises a
+        ``TrioInternalError``).  Done through the standing-still hook, so
+        that the clock's hot path pays nothing for it.
+        """
+
+        def fail() -> None:
+            self._reads = self._still_after - 1
+            raise error
+
+        self._still = fail
+        self._reads = self._still_after - 1
+
     def deadline_to_sleep_time(self, deadline: float) -> float:
         for due in self._dues:
             when = due()

@@ -111,6 +111,7 @@ class World:
         self.trace = run.trace
         self.tasks = WorldTasks(nursery)
         self._nursery = self.tasks
+        run.world_stoppers.append(self.tasks.stop)
         self._launch_rng = run.rng(f"cluster{index}.launch")
         # Apart from launches, so that a scenario starting programs leaves
         # the draws of its addprocs launches where they were.
@@ -247,6 +248,21 @@ class World:
                 fields.get("pid"),
                 trio.current_time(),
                 self._why_missing(fields.get("pid")),
+            )
+
+    def warn_unfired(self) -> None:
+        """Warn about each planned fault the cluster ended before injecting.
+
+        A fault timed after the end of the run does nothing, and would
+        otherwise go unnoticed: the run looks as if it survived the fault.
+        Only logged: a trace event for it would change the trace format.
+        """
+        for fault in self.faults.unfired():
+            log.warning(
+                "fault %s was never injected: cluster %d ended at %.6f s first",
+                fault,
+                self.index,
+                trio.current_time(),
             )
 
     def _why_missing(self, pid: object) -> str:
@@ -443,6 +459,7 @@ async def open_cluster(
                         check.raise_if_leaked()
             finally:
                 _world.reset(token)
+                world.warn_unfired()
                 world.tasks.stop()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:

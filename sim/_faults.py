@@ -298,10 +298,27 @@ def _build(kind: type[Fault] | type[RandomFaults], body: str) -> Fault | RandomF
                 f"{', '.join(f.name for f in dataclasses.fields(kind))}"
             )
         kwargs[key] = _convert(kind.__name__, key, hints[key], raw.strip())
+    missing = [
+        f.name
+        for f in dataclasses.fields(kind)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(
+            f"{kind.__name__}: missing {', '.join(missing)} "
+            f"(e.g. {fault_kind_name(kind)}:{'=...,'.join(missing)}=...)"
+        )
     try:
         return kind(**kwargs)  # type: ignore[arg-type]  # checked by the class
     except TypeError as exc:
         raise ValueError(f"{kind.__name__}: {exc}") from None
+
+
+def fault_kind_name(kind: type[Fault] | type[RandomFaults]) -> str:
+    """The name ``FaultPlan.parse`` knows ``kind`` by."""
+    return next(name for name, cls in FAULT_KINDS.items() if cls is kind)
 
 
 def _convert(owner: str, key: str, hint: object, raw: str) -> object:
@@ -342,6 +359,7 @@ class FaultInjector:
         self._by_count = sorted(
             (f for f in timed if f.after is not None), key=lambda f: f.after or 0
         )
+        self._launches = 0
 
     def start(self, nursery: trio.Nursery | WorldTasks) -> None:
         nursery.start_soon(self._fire_timed)
@@ -349,9 +367,23 @@ class FaultInjector:
             nursery.start_soon(self._fire_random, self._plan.random)
 
     async def _fire_timed(self) -> None:
-        for fault in self._by_time:
-            await trio.sleep_until(fault.at or 0.0)
-            self.apply(fault)
+        while self._by_time:
+            await trio.sleep_until(self._by_time[0].at or 0.0)
+            self.apply(self._by_time.pop(0))
+
+    def unfired(self) -> list[Fault]:
+        """The planned faults not injected so far, in the plan's order.
+
+        Timed faults still waiting for their time or delivery count, and
+        launch faults naming a launch that has not happened.
+        """
+        waiting = set(map(id, self._by_time + self._by_count))
+        return [
+            f
+            for f in self._plan.faults
+            if id(f) in waiting
+            or (isinstance(f, FailLaunch | SlowLaunch) and f.launch > self._launches)
+        ]
 
     def delivered(self, count: int) -> None:
         """Called after each delivery: fire faults due at ``count``."""
@@ -363,6 +395,7 @@ class FaultInjector:
 
         A randomly slow launch takes twice the worker ``timeout``.
         """
+        self._launches = max(self._launches, number)
         fail = any(
             isinstance(f, FailLaunch) and f.launch == number for f in self._plan.faults
         )

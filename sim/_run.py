@@ -94,6 +94,13 @@ class Run:
         self._ospids = itertools.count(FIRST_OSPID)
         self._processes: dict[Process, int] = {}
         self.leak_checks: list[LeakCheck] = []
+        #: Stops one cluster's simulated processes, for every cluster.
+        self.world_stoppers: list[Callable[[], None]] = []
+
+    def stop_worlds(self) -> None:
+        """Crash every simulated process of every cluster of the run."""
+        for stop in self.world_stoppers:
+            stop()
 
     def rng(self, name: str) -> random.Random:
         """The run's generator for ``name``; the same name, the same draws."""
@@ -214,6 +221,8 @@ def simulate(
     )
     clock = SimClock()
     watchdog = Watchdog(livelock_after)
+    watchdog.on_stuck_again = run.stop_worlds
+    watchdog.on_beyond_recovery = clock.abort
     clock.on_standing_still(watchdog.watch)
 
     mains = MainModules(run.worker_ospid)
@@ -245,6 +254,19 @@ def simulate(
     except Exception as exc:
         error = exc
     finally:
+        if watchdog.ended_hard is not None:
+            # trio.run was ended from its loop: the root task's own cleanup
+            # never ran, so undo what it would have undone.
+            guard.uninstall()
+            mains.uninstall()
+            run.end_ns = round(clock.now * 1e9)
+            stuck = SimulationStuck(watchdog.ended_hard)
+            stuck.add_note(
+                "the run was ended from trio's loop: tasks still running then "
+                "were abandoned without their cleanup"
+            )
+            stuck.__context__ = error
+            error = stuck
         gc.unfreeze()
         if collecting:
             gc.enable()

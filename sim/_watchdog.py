@@ -17,7 +17,11 @@ I/O wait.  A simulated run installs it only once the clock has been read
 that keeps advancing never pays for an instrument on every pass.  When it
 sees either condition it records a verdict, with the tasks and where each
 waits, and cancels the run's main scope; ``sim.run`` then raises
-``SimulationStuck``.  It observes only trio's public
+``SimulationStuck``.  If the run is stuck again after that (cleanup under
+a shield waits on a worker whose task spins, so no timeout can expire),
+it crashes every simulated process (``on_stuck_again``); if even that does
+not help, it ends ``trio.run`` itself (``on_beyond_recovery``), so that a
+stuck run always ends with an error rather than a hang.  It observes only trio's public
 statistics, so it cannot change what the run does.
 """
 
@@ -65,6 +69,14 @@ class Watchdog(trio.abc.Instrument):
         self._iterations = 0
         self._collected = False
         self._gave_up = False
+        #: Called once if the run is stuck again after its main was
+        #: cancelled: ``sim.run`` stops every simulated process with it.
+        self.on_stuck_again: Callable[[], None] | None = None
+        self._stopped_all = False
+        #: Called if even that did not help: it must end trio.run.
+        self.on_beyond_recovery: Callable[[BaseException], None] | None = None
+        #: The verdict, once the run was ended that way.
+        self.ended_hard: str | None = None
         self._now: Callable[[], float] = trio.current_time
         # Installed by ``watch`` (rather than passed to trio.run).
         self._installed = False
@@ -141,16 +153,38 @@ class Watchdog(trio.abc.Instrument):
 
     def _trip(self, verdict: str) -> None:
         report = f"{verdict}\n{_task_report()}"
+        # Each stage below gets a full budget of iterations of its own.
+        self._iterations = 0
+        self._idle = 0
         if self.verdict is None and self.scope is not None:
             self.verdict = report
             self.scope.cancel()
             return
 
-        # Stuck again after the run was cancelled (or outside its main):
-        # cleanup code shielded from cancellation is waiting for ever, and
-        # nothing can interrupt it from here.  Say so once.
+        if not self._stopped_all and self.on_stuck_again is not None:
+            # Stuck again after the run was cancelled: cleanup shielded from
+            # cancellation waits on a process that spins or never answers
+            # (a worker's task looping at one instant keeps virtual time,
+            # and so every timeout, from moving).  Crash every simulated
+            # process, as an operator would kill them, and let cleanup go on.
+            self._stopped_all = True
+            log.error(
+                "simulated run stuck after it was cancelled, stopping every "
+                "simulated process: %s",
+                report,
+            )
+            self.on_stuck_again()
+            return
+
+        # Nothing left to try inside the run: end trio.run itself, so that
+        # the caller gets an error instead of a hang.
         self._gave_up = True
-        log.error("simulated run stuck beyond recovery: %s", report)
+        self.ended_hard = report
+        if self.on_beyond_recovery is None:
+            log.error("simulated run stuck beyond recovery: %s", report)
+            return
+        log.error("simulated run stuck beyond recovery, ending it: %s", report)
+        self.on_beyond_recovery(SimulationStuck(report))
 
 
 def _task_report() -> str:

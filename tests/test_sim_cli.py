@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sim._cli import main
+from sim._faults import FaultPlan
 from sim.scenarios import SCENARIOS
 
 
@@ -117,6 +119,8 @@ def test_a_failing_sweep_prints_a_command_that_reproduces_it(tmp_path: Path) -> 
         ["run", "ping", "--seed", "1", "--workers", "0"],
         ["sweep", "ping", "--seeds", "1..2", "--workers", "many"],
         ["run", "ping", "--seed", "1", "--trace", "no-such-folder/trace.jsonl"],
+        ["run", "ping", "--seed", "1", "--trace", "."],
+        ["run", "ping", "--seed", "1", "--faults", "crash"],
     ],
 )
 def test_bad_arguments_exit_with_status_2(
@@ -132,3 +136,62 @@ def test_bad_arguments_exit_with_status_2(
 
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_faults_missing_a_field_name_it_under_the_subcommands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", "ping", "--seeds", "1..2", "--faults", "crash;reset:at=1"])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m sim sweep"), err
+    assert "Crash: missing pid (e.g. crash:pid=...)" in err
+
+
+def test_a_fault_missing_several_fields_names_them_all() -> None:
+    with pytest.raises(
+        ValueError, match=r"Reset: missing a, b \(e.g. reset:a=...,b=...\)"
+    ):
+        FaultPlan.parse("reset:at=1")
+
+
+def test_a_trace_naming_a_directory_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "ping", "--seed", "1", "--trace", str(tmp_path)])
+
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert "is a directory" in captured.err
+    assert captured.out == ""  # refused before running anything
+
+
+def test_a_sweep_over_negative_seeds_runs_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sweep", "ping", "--seeds", "-3..-1", "--workers", "1"]) == 0
+    assert "3 of 3 seeds passed" in capsys.readouterr().out
+    assert main(["sweep", "ping", "--seeds", "-2", "--workers", "1"]) == 0
+    assert "1 of 1 seeds passed" in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sim", "list"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Closed before the interpreter has even started: every write fails.
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    child.wait(timeout=120)
+    assert "BrokenPipeError" not in err, err
+    assert "Traceback" not in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import trio
@@ -56,6 +57,33 @@ def test_a_planned_crash_fires_at_its_time_and_pending_calls_fail() -> None:
     failed_at, worker = sim.run(main, seed=4)
     assert worker == 2
     assert 10.0 <= failed_at < 10.1
+
+
+def test_a_planned_fault_the_run_ends_before_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        plan = sim.FaultPlan(
+            (
+                sim.Crash(2, at=0.0),
+                sim.Crash(2, at=3600.0),
+                sim.Reset(1, 2, after=10**6),
+                sim.FailLaunch(launch=2),
+            )
+        )
+        async with sim.open_cluster(faults=plan):
+            await ref.addprocs(1)
+
+    with caplog.at_level(logging.WARNING, logger="sim"):
+        sim.run(main, seed=1)
+    never = [r.getMessage() for r in caplog.records if "never injected" in r.message]
+    # The crash at 0 s fired (on nothing yet: a warning of its own); the
+    # others did not, and each is named with the time the cluster ended.
+    assert len(never) == 3, never
+    assert "Crash(pid=2, at=3600.0" in never[0]
+    assert "Reset(a=1, b=2" in never[1]
+    assert "FailLaunch(launch=2)" in never[2]
+    assert all(" ended at " in message for message in never)
 
 
 def test_a_crash_after_a_count_of_deliveries_fires_mid_run() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 import trio
@@ -95,6 +99,60 @@ def test_a_loop_that_never_lets_time_advance_is_a_livelock() -> None:
 
     with pytest.raises(sim.SimulationStuck, match="livelock"):
         sim.run(main, seed=1, livelock_after=20_000)
+
+
+_STUCK_PROGRAMS = {
+    # A worker's task spins: the master's shutdown, shielded, waits on
+    # virtual timeouts that the spinning keeps from ever expiring.
+    "worker": """
+async def spin():
+    while True:
+        await trio.lowlevel.checkpoint()
+
+async def main():
+    async with sim.open_cluster():
+        await ref.addprocs(1)
+        await ref.remotecall_fetch(spin, 2)
+""",
+    # The master's own cleanup spins under a shield: no simulated process
+    # to stop, so only ending trio.run itself can help.
+    "shielded cleanup": """
+async def main():
+    try:
+        while True:
+            await trio.lowlevel.checkpoint()
+    finally:
+        with trio.CancelScope(shield=True):
+            while True:
+                await trio.lowlevel.checkpoint()
+""",
+}
+
+
+@pytest.mark.parametrize("where", sorted(_STUCK_PROGRAMS))
+def test_a_livelock_that_survives_cancellation_still_ends_the_run(
+    where: str, tmp_path: Path
+) -> None:
+    # In a process of its own: a run that hangs spins inside trio's loop on
+    # virtual time, where no in-process timeout could ever interrupt it.
+    program = tmp_path / "stuck.py"
+    program.write_text(
+        "import trio\nimport ref\nimport sim\n" + _STUCK_PROGRAMS[where] + "\ntry:\n"
+        "    sim.run(main, seed=1, livelock_after=20_000)\n"
+        "except sim.SimulationStuck as exc:\n"
+        "    print('stuck:', str(exc).splitlines()[0])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run(
+        [sys.executable, str(program)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("stuck: livelock"), done.stdout + done.stderr
 
 
 def test_time_advances_only_when_every_task_waits() -> None:
