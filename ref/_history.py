@@ -43,37 +43,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from spec.api import NoSuchProcessError, ProcessExitedException, RemoteException
+from spec.records import RECORDED_FUNCTIONS, RECORDED_POOL_METHODS
 
 from ._context import peek_current
 
-#: The public functions a recording wraps.
-RECORDED = (
-    "addprocs",
-    "rmprocs",
-    "procs",
-    "workers",
-    "nprocs",
-    "nworkers",
-    "remotecall",
-    "remotecall_fetch",
-    "remotecall_wait",
-    "remote_do",
-    "fetch",
-    "wait",
-    "isready",
-    "put",
-    "take",
-    "close",
-    "isopen",
-    "isempty",
-    "pmap",
-    "push",
-    "default_worker_pool",
-    "interrupt",
-)
-
-#: Pool methods a recording wraps, recorded as "pool.<name>".
-POOL_METHODS = ("take", "put", "length", "isready", "workers")
+#: The public functions a recording wraps, and the pool methods it wraps
+#: (recorded as "pool.<name>"): the reader in ``spec.records`` owns the
+#: lists, so that both sides agree.
+RECORDED = RECORDED_FUNCTIONS
+POOL_METHODS = RECORDED_POOL_METHODS
 
 Record = dict[str, Any]
 Sink = Callable[[Record], None]

@@ -73,41 +73,43 @@ FIRST_VERSION_WITH_RECORDS = 2
 #: The newest trace format version this reader knows (``sim.FORMAT_VERSION``).
 LATEST_VERSION = 2
 
-#: The API names ``ref._history`` records calls under: a record naming any
-#: other is not from a recording (a test keeps the two lists in step).
+#: The public functions ``ref._history`` wraps, recorded under their names.
+RECORDED_FUNCTIONS = (
+    "addprocs",
+    "rmprocs",
+    "procs",
+    "workers",
+    "nprocs",
+    "nworkers",
+    "remotecall",
+    "remotecall_fetch",
+    "remotecall_wait",
+    "remote_do",
+    "fetch",
+    "wait",
+    "isready",
+    "put",
+    "take",
+    "close",
+    "isopen",
+    "isempty",
+    "pmap",
+    "push",
+    "default_worker_pool",
+    "interrupt",
+)
+#: Pool methods it wraps, recorded as "pool.<name>".
+RECORDED_POOL_METHODS = ("take", "put", "length", "isready", "workers")
+#: Every API name a recording writes: a record naming any other is not
+#: from a recording.
 RECORDED_APIS = frozenset(
     {
-        "addprocs",
-        "rmprocs",
-        "procs",
-        "workers",
-        "nprocs",
-        "nworkers",
-        "remotecall",
-        "remotecall_fetch",
-        "remotecall_wait",
-        "remote_do",
-        "fetch",
-        "wait",
-        "isready",
-        "put",
-        "take",
-        "close",
-        "isopen",
-        "isempty",
-        "pmap",
-        "push",
-        "default_worker_pool",
-        "interrupt",
+        *RECORDED_FUNCTIONS,
+        *(f"pool.{name}" for name in RECORDED_POOL_METHODS),
         "kill",
         "WorkerPool",
         "Future",
         "RemoteChannel",
-        "pool.take",
-        "pool.put",
-        "pool.length",
-        "pool.isready",
-        "pool.workers",
     }
 )
 
