@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import itertools
 import os
 import shutil
 import signal
@@ -255,6 +256,9 @@ def check_route(address: str, bridge: str) -> None:
         )
 
 
+_NETNS_CALLS = itertools.count()
+
+
 def start_netns_hosts(folder: Path, count: int, subnet: str) -> NetnsHosts:
     """``count`` namespace hosts on a new bridge; ``subnet`` like 10.213.9.
 
@@ -265,7 +269,10 @@ def start_netns_hosts(folder: Path, count: int, subnet: str) -> NetnsHosts:
     reason = netns_unavailable() or sshd_unavailable()
     if reason:
         raise Unavailable(reason)
-    tag = f"{os.getpid() % 100000}"
+    # Names differ per call, not only per process: a namespace is deleted
+    # asynchronously, so the veth ends of the previous test's hosts may
+    # still exist for a moment (interface names stay within 15 characters).
+    tag = f"{os.getpid() % 100000}{next(_NETNS_CALLS) % 100}"
     hosts = NetnsHosts(f"drbr{tag}", [], [], Keys(folder), [])
     hosts.keys.create()
     Path("/run/sshd").mkdir(exist_ok=True)
