@@ -8,8 +8,9 @@ after the test that none of them is still running.
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,29 @@ def pytest_collection_modifyitems(
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def run_on(
+    backend: str,
+    n: int,
+    body: Callable[[], Awaitable[None]],
+    open_test_cluster: OpenTestCluster,
+) -> None:
+    """Run ``body`` as the master of ``n`` workers, real (``"ref"``) or
+    simulated (``"sim"``, seed 0)."""
+    if backend == "ref":
+
+        async def on_ref() -> None:
+            async with open_test_cluster(n):
+                await body()
+
+        trio.run(on_ref)
+        return
+    sim = importlib.import_module("sim")
+
+    async def on_sim() -> None:
+        async with sim.open_cluster():
+            await ref.addprocs(n)
+            await body()
+
+    sim.run(on_sim, seed=0)

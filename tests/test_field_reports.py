@@ -7,16 +7,15 @@ module level here; the workers import this module by name.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
-from conftest import OpenTestCluster
+from conftest import OpenTestCluster, run_on
 
 import ref
 from ref import _constructs
@@ -419,29 +418,4 @@ def test_br29_a_shipped_function_carries_the_callers_main_globals(
         assert await ref.fetchfrom(w4, _main_value, BR29_NAME) == 1
         assert getattr(main, BR29_NAME) == 1
 
-    _run_on(backend, 3, body, open_test_cluster)
-
-
-def _run_on(
-    backend: str,
-    n: int,
-    body: Callable[[], Awaitable[None]],
-    open_test_cluster: OpenTestCluster,
-) -> None:
-    """Run ``body`` as the master of ``n`` workers, real or simulated."""
-    if backend == "ref":
-
-        async def on_ref() -> None:
-            async with open_test_cluster(n):
-                await body()
-
-        trio.run(on_ref)
-        return
-    sim = importlib.import_module("sim")
-
-    async def on_sim() -> None:
-        async with sim.open_cluster():
-            await ref.addprocs(n)
-            await body()
-
-    sim.run(on_sim, seed=0)
+    run_on(backend, 3, body, open_test_cluster)

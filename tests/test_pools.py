@@ -8,7 +8,6 @@ use, and the synchronous conveniences.
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import random
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import OpenTestCluster
+from conftest import OpenTestCluster, run_on
 
 import ref
 from ref._pools import PoolProxy
@@ -311,22 +310,7 @@ def run_with_workers(
     """``run_with_workers(n, body)``: run ``body`` as master of ``n`` workers."""
 
     def run(n: int, body: Body) -> None:
-        if request.param == "ref":
-
-            async def on_ref() -> None:
-                async with open_test_cluster(n):
-                    await body()
-
-            trio.run(on_ref)
-            return
-        sim = importlib.import_module("sim")
-
-        async def on_sim() -> None:
-            async with sim.open_cluster():
-                await ref.addprocs(n)
-                await body()
-
-        sim.run(on_sim, seed=0)
+        run_on(request.param, n, body, open_test_cluster)
 
     return run
 

@@ -13,11 +13,18 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import trio
 
 from conformance.registry import scenario
-from spec.api import COOKIE_LENGTH, VERSION_LENGTH, DistributedAPI, RunningProgram
+from spec.api import (
+    COOKIE_LENGTH,
+    VERSION_LENGTH,
+    DistributedAPI,
+    ElasticManagerAPI,
+    RunningProgram,
+)
 
 from ._probes import PATIENCE, captured_log, eventually, within
 from .handshake import (
@@ -107,13 +114,27 @@ async def a_worker_that_loses_its_master_link_exits_with_status_one(
     await eventually(dropped, f"the master still lists worker {pid}")
 
 
+class _Elastic(NamedTuple):
+    manager: ElasticManagerAPI
+    host: str
+    port: int
+    #: What its workers are told to dial: HOST:PORT, [HOST]:PORT for IPv6.
+    dial: str
+
+
+async def _start_elastic(d: DistributedAPI) -> _Elastic:
+    """A listening ElasticManager and where its workers dial it."""
+    manager = d.ElasticManager()
+    host, port = await manager.start()
+    dial = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _Elastic(manager, host, port, dial)
+
+
 @scenario("elastic_manager.workers-dial-in", needs=PROGRAMS)
 async def workers_started_by_hand_dial_the_elastic_manager_and_join(
     d: DistributedAPI,
 ) -> None:
-    manager = d.ElasticManager()
-    host, port = await manager.start()
-    dial = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    manager, _, _, dial = await _start_elastic(d)
     cookie = d.cluster_cookie() + "\n"
     try:
         async with (
@@ -162,9 +183,7 @@ async def workers_started_by_hand_dial_the_elastic_manager_and_join(
 async def the_elastic_manager_refuses_a_wrong_cookie_unread(
     d: DistributedAPI,
 ) -> None:
-    manager = d.ElasticManager()
-    host, port = await manager.start()
-    dial = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    manager, host, port, dial = await _start_elastic(d)
     wrong = _wrong(d.cluster_cookie())
     key = f"elastic-{trio.current_time()!r}-{id(manager)}"
     junk = pickle.dumps(Tripwire(key)) * 4
@@ -276,9 +295,8 @@ def _has(outcome: list[object]) -> Callable[[], Awaitable[bool]]:
 async def procs_of_a_worker_started_by_hand_are_those_bound_where_it_is(
     d: DistributedAPI,
 ) -> None:
-    manager = d.ElasticManager()
-    host, port = await manager.start()
-    dial = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    elastic = await _start_elastic(d)
+    dial = elastic.dial
     cookie = d.cluster_cookie() + "\n"
     with within(PATIENCE, "addprocs(1)"):
         [local] = await d.addprocs(1)
